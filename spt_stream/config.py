@@ -1,0 +1,263 @@
+"""Engine configuration: frozen pydantic-settings models.
+
+Precedence, highest first: keyword arguments (CLI options) > ``SPT_*`` environment variables
+(nested with ``__``, e.g. ``SPT_KAFKA__BOOTSTRAP_SERVERS``) > a user YAML file (``--config``) >
+the packaged defaults in ``configs/engine.yaml`` > the field defaults below.
+
+Secrets (Kafka SASL password, Tiled API key) are :class:`pydantic.SecretStr`: they never appear in
+``repr``, logs or the config snapshot written into trace stores (:meth:`EngineSettings.public_dump`).
+Settings are validated once, at construction; nothing downstream re-validates per frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from spt_stream.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_ENGINE_YAML = CONFIG_DIR / "engine.yaml"
+PROFILE_DIR = CONFIG_DIR / "profiles"
+
+__all__ = [
+    "CONFIG_DIR",
+    "AssemblySettings",
+    "BatchSettings",
+    "DeadLetterSettings",
+    "EngineSettings",
+    "FeedbackSettings",
+    "KafkaSettings",
+    "NormalizationSettings",
+    "TiledSettings",
+    "ZarrSettings",
+    "load_settings",
+    "read_yaml",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    """Kafka consumer settings. Defaults are the low-latency ones measured in ENVIRONMENT.md."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    #: Topic names; an entry starting with ``^`` is a regular expression (subscribe by pattern).
+    topics: tuple[str, ...] = ("local.bluesky.runengine.documents",)
+    #: Consumer group; ``None`` means explicit partition assignment with no group.
+    group_id: str | None = "spt-stream"
+    #: Explicit assignment ``topic:partition`` entries (used when ``group_id`` is None; empty = all).
+    partitions: tuple[str, ...] = ()
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    fetch_max_wait_ms: int = Field(10, ge=0)
+    max_poll_records: int = Field(5000, ge=1)
+    max_partition_fetch_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    poll_timeout_ms: int = Field(100, ge=0)
+    reconnect_backoff_ms: int = Field(200, ge=1)
+    reconnect_backoff_max_ms: int = Field(10_000, ge=1)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    client_id: str = "spt-stream"
+
+
+class AssemblySettings(_Frozen):
+    """How runs are turned into frames when their start document does not say (``md["spt"]``)."""
+
+    #: Beamline profile name (``configs/profiles/<name>.yaml``) or path; None = heuristics only.
+    profile: str | None = None
+    #: Largest spectrum accepted, in points (a guard against hostile documents).
+    max_points: int = Field(100_000, ge=8)
+    #: Fewest points a frame must have.
+    min_points: int = Field(8, ge=2)
+    #: Runs kept open at once; the oldest is dropped (and logged) beyond this.
+    max_open_runs: int = Field(64, ge=1)
+
+
+class NormalizationSettings(_Frozen):
+    """Athena/Larch-style normalization. Energies are relative to e0 (eV); None = Larch default."""
+
+    e0_mode: Literal["larch", "robust"] = "robust"
+    e0: float | None = None
+    pre1: float | None = None
+    pre2: float | None = None
+    norm1: float | None = None
+    norm2: float | None = None
+    nnorm: int | None = Field(None, ge=0, le=2)
+    nvict: int = Field(0, ge=0, le=4)
+    #: Fixed energy shift added to every frame's energy (eV), applied before everything else.
+    energy_shift: float = 0.0
+    #: Calibrate each frame from its reference channel (e.g. a foil) to the tabulated edge.
+    calibrate_from_reference: bool = False
+    min_edge_step: float = Field(1e-4, ge=0.0)
+
+
+class BatchSettings(_Frozen):
+    """Micro-batching contract: flush when full, when the oldest frame is this old, or at stop."""
+
+    max_size: int = Field(64, ge=1)
+    max_latency_ms: float = Field(20.0, ge=0.0)
+
+
+class ZarrSettings(_Frozen):
+    root: Path = Path("spt-traces")
+    block_rows: int = Field(256, ge=1)
+
+
+class TiledSettings(_Frozen):
+    url: str | None = None
+    api_key: SecretStr | None = None
+    queue_size: int = Field(1024, ge=1)
+
+
+class FeedbackSettings(_Frozen):
+    topic: str | None = None
+    documents_topic: str | None = None
+
+
+class DeadLetterSettings(_Frozen):
+    #: JSON-lines file receiving every rejected message/document with the reason.
+    path: Path | None = Path("spt-dead-letter.jsonl")
+    #: Optional Kafka topic receiving the same records.
+    topic: str | None = None
+
+
+class EngineSettings(BaseSettings):
+    """Everything the engine needs, validated once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPT_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    beamline: str = "local"
+    kafka: KafkaSettings = KafkaSettings()
+    assembly: AssemblySettings = AssemblySettings()
+    normalization: NormalizationSettings = NormalizationSettings()
+    batch: BatchSettings = BatchSettings()
+    zarr: ZarrSettings = ZarrSettings()
+    tiled: TiledSettings = TiledSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    dead_letter: DeadLetterSettings = DeadLetterSettings()
+    #: Checkpoint path; None = the model shipped with the package.
+    model: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("beamline")
+    @classmethod
+    def _beamline_is_a_name(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise ValueError("beamline must be a non-empty name without spaces")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (merged YAML + CLI, see load_settings) is overridden by the environment.
+        return (env_settings, init_settings)
+
+    def public_dump(self) -> dict[str, Any]:
+        """The settings as JSON-able data, secrets masked (for logs and trace-store metadata)."""
+        return _mask(self.model_dump(mode="json"))
+
+
+_SECRET_NAMES = ("password", "api_key", "secret", "token")
+
+
+def _mask(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {
+            k: ("**********" if v is not None and any(s in k for s in _SECRET_NAMES) else _mask(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_mask(v) for v in obj]
+    return obj
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, raising :class:`ConfigError` naming the file on any problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", source=str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"invalid YAML: {exc}", source=str(path), line=line) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config file must hold a mapping at top level", source=str(path))
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    packaged_defaults: bool = True,
+) -> EngineSettings:
+    """Build :class:`EngineSettings` from packaged YAML, a user YAML, env and overrides.
+
+    ``overrides`` uses the nested shape of the settings (``{"kafka": {"topics": [...]}}``);
+    ``None`` values are ignored so CLI options left unset do not mask lower layers.
+    """
+    data: dict[str, Any] = {}
+    if packaged_defaults and DEFAULT_ENGINE_YAML.is_file():
+        data = _deep_merge(data, read_yaml(DEFAULT_ENGINE_YAML))
+    if config_file is not None:
+        data = _deep_merge(data, read_yaml(config_file))
+    if overrides:
+        data = _deep_merge(data, _drop_none(overrides))
+    try:
+        return EngineSettings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid settings: {problems}",
+            source=str(config_file) if config_file else "defaults/environment",
+        ) from exc
+
+
+def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if v is None:
+            continue
+        out[k] = _drop_none(v) if isinstance(v, Mapping) else v
+    return out
