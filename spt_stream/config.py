@@ -4,8 +4,9 @@ Precedence, highest first: keyword arguments (CLI options) > ``SPT_*`` environme
 (nested with ``__``, e.g. ``SPT_KAFKA__BOOTSTRAP_SERVERS``) > a user YAML file (``--config``) >
 the packaged defaults in ``configs/engine.yaml`` > the field defaults below.
 
-Secrets (Kafka SASL password, Tiled API key) are :class:`pydantic.SecretStr`: they never appear in
-``repr``, logs or the config snapshot written into trace stores (:meth:`EngineSettings.public_dump`).
+Secrets (Kafka SASL password, Tiled API key) are :class:`pydantic.SecretStr`: they never appear
+in ``repr``, logs or the config snapshot written into trace stores
+(:meth:`EngineSettings.public_dump`).
 Settings are validated once, at construction; nothing downstream re-validates per frame.
 """
 
@@ -53,7 +54,8 @@ class KafkaSettings(_Frozen):
     topics: tuple[str, ...] = ("local.bluesky.runengine.documents",)
     #: Consumer group; ``None`` means explicit partition assignment with no group.
     group_id: str | None = "spt-stream"
-    #: Explicit assignment ``topic:partition`` entries (used when ``group_id`` is None; empty = all).
+    #: Explicit assignment ``topic:partition`` entries (used when ``group_id`` is None;
+    #: empty = every partition of the topics).
     partitions: tuple[str, ...] = ()
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     fetch_max_wait_ms: int = Field(10, ge=0)
@@ -178,7 +180,8 @@ class EngineSettings(BaseSettings):
 
     def public_dump(self) -> dict[str, Any]:
         """The settings as JSON-able data, secrets masked (for logs and trace-store metadata)."""
-        return _mask(self.model_dump(mode="json"))
+        masked: dict[str, Any] = _mask(self.model_dump(mode="json"))
+        return masked
 
 
 _SECRET_NAMES = ("password", "api_key", "secret", "token")

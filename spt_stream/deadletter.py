@@ -23,7 +23,13 @@ import numpy as np
 from spt_stream.errors import SptError
 from spt_stream.protocols import Position
 
-__all__ = ["DeadLetterFile", "DeadLetterSink", "MemoryDeadLetter", "dead_letter_record", "json_safe"]
+__all__ = [
+    "DeadLetterFile",
+    "DeadLetterSink",
+    "MemoryDeadLetter",
+    "dead_letter_record",
+    "json_safe",
+]
 
 log = logging.getLogger(__name__)
 

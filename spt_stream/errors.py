@@ -65,7 +65,9 @@ class SptError(Exception):
     def _render(self) -> str:
         where = []
         if self.source is not None:
-            where.append(f"source={self.source}" + (f":{self.line}" if self.line is not None else ""))
+            where.append(
+                f"source={self.source}" + (f":{self.line}" if self.line is not None else "")
+            )
         elif self.line is not None:
             where.append(f"line={self.line}")
         if self.run_uid is not None:
@@ -86,7 +88,8 @@ class SptError(Exception):
             **({"detail": self.detail} if self.detail else {}),
         }
 
-    def __reduce__(self) -> tuple[Any, ...]:  # keep keyword context across pickling (multiprocessing)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the keyword context across pickling (multiprocessing workers)
         return (_rebuild, (type(self), self.context()))
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Frame", "FloatArray", "Mode", "RunInfo"]
+__all__ = ["FloatArray", "Frame", "Mode", "RunInfo"]
 
 FloatArray = npt.NDArray[np.float64]
 Mode = Literal["transmission", "fluorescence", "mu"]
@@ -34,7 +34,8 @@ class RunInfo:
     keys: Mapping[str, str]
     #: ``"array"`` (one frame per event) or ``"step"`` (one frame per sweep).
     layout: Literal["array", "step"]
-    #: Where the mapping came from: ``"md"`` (start document), ``"profile:<name>"``, ``"heuristic"``.
+    #: Where the mapping came from: ``"md"`` (start document), ``"profile:<name>"`` or
+    #: ``"heuristic"``.
     resolved_by: str
     start_time: float
     #: The start document's metadata worth carrying to traces (plan name, scan id, sample...).

@@ -18,9 +18,9 @@ from spt_stream.errors import SptValueError
 from spt_stream.frames import FloatArray
 
 __all__ = [
+    "GRID_POINTS",
     "GRID_START_EV",
     "GRID_STEP_EV",
-    "GRID_POINTS",
     "MODEL_GRID_REL",
     "edge_energy",
     "model_grid_abs",
@@ -45,7 +45,9 @@ def edge_energy(element: str, edge: str = "K") -> float:
         raise SptValueError(f"unknown element/edge {element!r} {edge!r}: {exc}") from exc
 
 
-def model_grid_abs(element: str, edge: str = "K", grid_rel: FloatArray = MODEL_GRID_REL) -> FloatArray:
+def model_grid_abs(
+    element: str, edge: str = "K", grid_rel: FloatArray = MODEL_GRID_REL
+) -> FloatArray:
     """The model grid in absolute energy (eV) for one absorber."""
     out: FloatArray = grid_rel + edge_energy(element, edge)
     return out
