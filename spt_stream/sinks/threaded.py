@@ -209,3 +209,22 @@ class ThreadedSink:
         log.error("%s failed: %s", self.name, err)
         with self._lock:
             self._errors.append(err)
+
+
+class ZarrSink(ThreadedSink):
+    """The embedded trace store (:class:`~spt_stream.sinks.zarr_trace.ZarrTraceWriter`) on its
+    own thread; also answers which ``seq_num`` s a run's store already holds (resume)."""
+
+    def __init__(self, root: Any, *, block_rows: int = 256, fsync: bool = True, **kw: Any) -> None:
+        from spt_stream.sinks.zarr_trace import ZarrTraceWriter
+
+        self.writer = ZarrTraceWriter(root, block_rows=block_rows, fsync=fsync)
+        super().__init__(self.writer, name="zarr", **kw)
+
+    def committed_seq_nums(self, run_uid: str) -> set[int]:
+        from spt_stream.sinks.zarr_trace import committed_seq_nums, trace_path
+
+        path = trace_path(self.writer.root, run_uid)
+        if not path.exists():
+            return set()
+        return {int(s) for s in self.call(lambda: committed_seq_nums(path))}
