@@ -27,8 +27,17 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-import msgpack
 import numpy as np
+
+# Bind msgpack's implementation directly: ``msgpack_numpy.patch()`` (run by ``import
+# bluesky_kafka``) replaces ``msgpack.packb``/``unpackb`` with versions that un-pickle object
+# arrays before any hook of ours sees them. The submodules are left untouched by the patch.
+try:
+    from msgpack._cmsgpack import Packer as _Packer  # type: ignore[import-untyped]
+    from msgpack._cmsgpack import unpackb as _unpackb
+except ImportError:  # pure-Python build of msgpack
+    from msgpack.fallback import Packer as _Packer  # type: ignore[import-untyped]
+    from msgpack.fallback import unpackb as _unpackb
 
 from spt_stream.errors import DecodeError, SptValueError
 
@@ -77,7 +86,9 @@ def _encode_default(obj: Any) -> Any:
                 f"cannot encode an array of dtype {obj.dtype}: object and structured dtypes "
                 "are not allowed on the wire"
             )
-        data = obj.data if obj.flags["C_CONTIGUOUS"] else obj.tobytes()
+        # Zero-copy like msgpack-numpy; datetimes cannot export a buffer, so they are copied.
+        plain = obj.flags["C_CONTIGUOUS"] and obj.dtype.kind not in "mM"
+        data = obj.data if plain else obj.tobytes()
         return {
             b"nd": True,
             b"type": obj.dtype.str,
@@ -90,9 +101,6 @@ def _encode_default(obj: Any) -> Any:
     if isinstance(obj, complex):
         return {b"complex": True, b"data": repr(obj)}
     raise TypeError(f"cannot encode an object of type {type(obj).__name__}")
-
-
-_PACKER_OPTIONS: Final[dict[str, Any]] = {"default": _encode_default, "use_bin_type": True}
 
 
 def encode_document(name: str, doc: Mapping[str, Any]) -> bytes:
@@ -108,7 +116,8 @@ def encode_document(name: str, doc: Mapping[str, Any]) -> bytes:
         an arbitrary Python object).
     """
     try:
-        return msgpack.packb([name, doc], **_PACKER_OPTIONS)  # type: ignore[no-any-return]
+        packer = _Packer(default=_encode_default, use_bin_type=True)
+        return packer.pack([name, doc])  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise SptValueError(f"cannot encode {name!r} document: {exc}") from exc
 
@@ -218,7 +227,7 @@ def decode_document(value: bytes) -> tuple[str, dict[str, Any]]:
     if len(value) == 0:
         raise DecodeError("empty message value (tombstone?)")
     try:
-        obj = msgpack.unpackb(value, raw=False, object_hook=_object_hook, ext_hook=_refuse_ext)
+        obj = _unpackb(value, raw=False, object_hook=_object_hook, ext_hook=_refuse_ext)
     except _WireFormatError as exc:
         raise DecodeError(f"invalid numpy payload: {exc}") from None
     except Exception as exc:  # msgpack raises many types (ValueError, ExtraData, StackError...)
