@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.plugins.kafka"]
+pytest_plugins: list[str] = ["tests.plugins.kafka", "tests.plugins.tiled"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "data" / "xas-references"
