@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 #: Command modules, in the order ``--help`` lists them. Each defines ``register(app)``.
-COMMAND_MODULES: tuple[str, ...] = ("broker",)
+COMMAND_MODULES: tuple[str, ...] = ("normalize", "broker")
 
 
 def _version_callback(value: bool) -> None:

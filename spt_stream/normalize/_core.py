@@ -1,0 +1,225 @@
+"""Pre-edge line, post-edge polynomial, edge step and flattening for a batch (pure numpy).
+
+Larch's ``pre_edge`` rules, vectorized: each row has its own e0, hence its own fit windows
+(boolean masks over the shared grid) and polynomial degree; all rows are solved at once by
+weighted normal equations in a scaled energy variable ``t = (E - centre) / half_range``, which
+keeps the 3x3 systems well conditioned (also in float32). Degrees below 2 are handled by pinning
+the unused coefficients to zero, so every row solves the same-shaped system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from spt_stream.normalize._grid import index_nearest, index_of
+from spt_stream.normalize.params import NormParams
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+__all__ = ["CoreResult", "Ranges", "normalize_core", "resolve_ranges"]
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Per-row fit ranges (Larch's resolved ``pre_edge_details``) and fit windows."""
+
+    ie0: IntArray
+    pre1: FloatArray
+    pre2: FloatArray
+    norm1: FloatArray
+    norm2: FloatArray
+    nnorm: IntArray
+    nvict: IntArray
+    npre: IntArray
+    pre_lo: IntArray  # pre-edge fit over [pre_lo, pre_hi)
+    pre_hi: IntArray
+    post_lo: IntArray  # post-edge fit over [post_lo, post_hi)
+    post_hi: IntArray
+
+
+@dataclass(frozen=True)
+class CoreResult:
+    ranges: Ranges
+    pre_edge: FloatArray
+    post_edge: FloatArray
+    raw_step: FloatArray
+    edge_step: FloatArray
+    norm: FloatArray
+    flat: FloatArray
+
+
+def _round5(x: FloatArray, unit: float) -> FloatArray:
+    """``unit * round(x / unit)`` with round-half-even, as Python's ``round``."""
+    out: FloatArray = unit * np.round(x / unit)
+    return out
+
+
+def resolve_ranges(energy: FloatArray, e0: FloatArray, params: NormParams) -> Ranges:
+    """Larch's defaults and adjustments for every row's e0 (see ``params`` module docstring)."""
+    n = energy.shape[0]
+    b = e0.shape[0]
+    emin, emax = float(energy[0]), float(energy[-1])
+    ie0 = index_nearest(energy, e0)
+
+    if params.pre1 is None:
+        rel = energy[1] - e0
+        pre1 = np.where(ie0 > 20, _round5(rel, 5.0), _round5(rel, 2.0))
+    else:
+        pre1 = np.full(b, float(params.pre1))
+    pre1 = np.maximum(pre1, emin - e0)
+    pre2 = 0.5 * pre1 if params.pre2 is None else np.full(b, float(params.pre2))
+    pre1, pre2 = np.minimum(pre1, pre2), np.maximum(pre1, pre2)
+    ipre1 = _index_of_rel(energy, e0, pre1)
+    ipre2 = _index_of_rel(energy, e0, pre2)
+    short_pre = (ipre2 - ipre1) < 3
+    npre = np.where(short_pre, 0, params.npre).astype(np.int64)
+    nvict = np.where(npre == 0, 0, params.nvict).astype(np.int64)
+
+    top = emax - e0
+    norm2 = _round5(top, 5.0) if params.norm2 is None else np.full(b, float(params.norm2))
+    norm2 = np.where(norm2 < 0, top - norm2, norm2)
+    norm2 = np.minimum(norm2, top)
+    if params.norm1 is None:
+        norm1 = np.minimum(25.0, 5.0 * np.round(norm2 / 15.0))
+    else:
+        norm1 = np.full(b, float(params.norm1))
+    norm1, norm2 = np.minimum(norm1, norm2), np.maximum(norm1, norm2)
+    norm1 = np.minimum(norm1, norm2 - 2.0)
+    if params.nnorm is None:
+        span = norm2 - norm1
+        nnorm = np.where(span < 30, 0, np.where(span < 300, 1, 2)).astype(np.int64)
+    else:
+        nnorm = np.full(b, int(params.nnorm), dtype=np.int64)
+
+    # Pre-edge window [p1, p2).
+    p1 = index_of(energy, pre1 + e0)
+    p2 = index_nearest(energy, pre2 + e0)
+    p2 = np.where(npre == 0, np.where(p2 == p1, p2 + 1, p2), p2)
+    p2 = np.where((npre == 1) & (p2 - p1 < 2), np.minimum(n, p1 + 2), p2)
+
+    # Post-edge window [q1, q2).
+    q1 = index_of(energy, norm1 + e0)
+    q2 = index_nearest(energy, norm2 + e0)
+    q1 = np.minimum(q1, n - 3)
+    tiny = (q2 - q1) < 2
+    q1 = np.where(tiny, q1 - 2, q1)
+    nnorm = np.where(tiny, 0, np.where((q2 - q1) < 5, np.minimum(1, nnorm), nnorm))
+
+    return Ranges(
+        ie0=ie0,
+        pre1=pre1,
+        pre2=pre2,
+        norm1=norm1,
+        norm2=norm2,
+        nnorm=nnorm.astype(np.int64),
+        nvict=nvict,
+        npre=npre,
+        pre_lo=p1,
+        pre_hi=p2,
+        post_lo=q1,
+        post_hi=q2,
+    )
+
+
+def _index_of_rel(energy: FloatArray, e0: FloatArray, rel: FloatArray) -> IntArray:
+    """``index_of(energy - e0, rel)`` per row, exactly as Larch compares relative energies.
+
+    A search on ``e0 + rel`` can be off by one index through rounding; one check each way
+    against the relative comparison fixes that.
+    """
+    n = energy.shape[0]
+    i = np.clip(np.searchsorted(energy, e0 + rel, side="right") - 1, 0, n - 1)
+    up = (i + 1 < n) & ((energy[np.minimum(i + 1, n - 1)] - e0) <= rel)
+    i = np.where(up, i + 1, i)
+    down = (i > 0) & ((energy[i] - e0) > rel)
+    return np.where(down, i - 1, i).astype(np.int64)
+
+
+def _window(n: int, lo: IntArray, hi: IntArray) -> FloatArray:
+    idx = np.arange(n)[None, :]
+    mask: FloatArray = ((idx >= lo[:, None]) & (idx < hi[:, None])).astype(np.float64)
+    return mask
+
+
+def _basis(energy: FloatArray) -> FloatArray:
+    """Columns t**0 .. t**4 of the scaled energy ``t`` in [-1, 1]."""
+    centre = 0.5 * (energy[0] + energy[-1])
+    half = max(0.5 * (energy[-1] - energy[0]), 1e-12)
+    t = (energy - centre) / half
+    out: FloatArray = np.stack([t**k for k in range(5)], axis=1)
+    return out
+
+
+def weighted_polyfit(
+    basis: FloatArray, lo: IntArray, hi: IntArray, y: FloatArray, degree: IntArray
+) -> FloatArray:
+    """Least-squares coefficients (b, 3) of ``y`` rows over ``[lo, hi)`` in powers of ``t``.
+
+    Up to ``degree`` (<= 2) per row; coefficients above a row's degree are zero. The window
+    moments come from cumulative sums of the basis (O(b)); only the right-hand side touches
+    every point.
+    """
+    n = basis.shape[0]
+    csum = np.vstack([np.zeros((1, 5)), np.cumsum(basis, axis=0)])
+    moments = csum[hi] - csum[lo]  # (b, 5): sum over the window of t^k
+    mask = _window(n, lo, hi)
+    rhs = (mask * y) @ basis[:, :3]  # (b, 3)
+    a = np.stack([moments[:, i : i + 3] for i in range(3)], axis=1)  # (b, 3, 3) Hankel
+    k = np.arange(3)
+    unused = k[None, :] > degree[:, None]  # (b, 3)
+    pin = unused[:, :, None] | unused[:, None, :]
+    eye = np.broadcast_to(np.eye(3), a.shape)
+    a = np.where(pin, eye, a)
+    rhs = np.where(unused, 0.0, rhs)
+    coef: FloatArray = np.linalg.solve(a, rhs[:, :, None])[:, :, 0]
+    return coef
+
+
+def normalize_core(
+    energy: FloatArray, mu: FloatArray, e0: FloatArray, params: NormParams, *, make_flat: bool
+) -> CoreResult:
+    """Normalize rows ``mu`` (b, n) at the given per-row ``e0`` (b,) with Larch's rules."""
+    n = energy.shape[0]
+    b = mu.shape[0]
+    r = resolve_ranges(energy, e0, params)
+    basis = _basis(energy)
+    rows = np.arange(b)
+
+    # Pre-edge: a line through mu * (E/Eref)**nvict (the scale Eref cancels exactly), or the
+    # mean of mu when the window is too short (npre = 0).
+    if np.any(r.nvict):
+        powers = (energy / energy[0])[None, :] ** np.arange(5)[:, None]  # (5, n)
+        vict: FloatArray | float = powers[r.nvict]
+    else:
+        vict = 1.0
+    pre_coef = weighted_polyfit(basis, r.pre_lo, r.pre_hi, mu * vict, r.npre)
+    pre_edge: FloatArray = (pre_coef @ basis[:, :3].T) / vict
+
+    # Post-edge polynomial through mu - pre_edge.
+    post_coef = weighted_polyfit(basis, r.post_lo, r.post_hi, mu - pre_edge, r.nnorm)
+    poly = post_coef @ basis[:, :3].T
+    post_edge: FloatArray = pre_edge + poly
+
+    raw_step = poly[rows, r.ie0]
+    edge_step = np.maximum(1e-12, np.abs(raw_step))
+    norm: FloatArray = (mu - pre_edge) / edge_step[:, None]
+    if make_flat:
+        residue = poly / edge_step[:, None]
+        above = np.arange(n)[None, :] >= r.ie0[:, None]
+        flat: FloatArray = np.where(above, norm - residue + residue[rows, r.ie0][:, None], norm)
+    else:
+        flat = norm.copy()
+    return CoreResult(
+        ranges=r,
+        pre_edge=pre_edge,
+        post_edge=post_edge,
+        raw_step=raw_step,
+        edge_step=edge_step,
+        norm=norm,
+        flat=flat,
+    )
