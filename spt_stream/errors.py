@@ -22,6 +22,7 @@ __all__ = [
     "NormalizationError",
     "ReaderError",
     "SinkError",
+    "SourceError",
     "SptError",
     "SptValueError",
 ]
@@ -146,6 +147,10 @@ class CheckpointError(ModelError):
 
 class SinkError(SptError, OSError):
     """A sink (Zarr, Tiled, feedback topic, dead-letter store) failed to write."""
+
+
+class SourceError(SptError, OSError):
+    """A replay source (a Tiled server, a stored run) cannot be reached or cannot serve the run."""
 
 
 class BrokerError(SptError, ConnectionError):
