@@ -1,0 +1,216 @@
+"""Serving the SPT model: normalized spectra on the model grid in, descriptors out.
+
+``Predictor.from_checkpoint(path | None, device="auto")`` loads a checkpoint (the packaged default
+when ``None``); :meth:`Predictor.predict` runs ONE forward pass per call (inputs above
+``max_batch`` rows are cut into chunks of that size) and returns numpy arrays in a
+:class:`PredictionBatch`. On CUDA the input goes through a pinned host buffer with a
+non-blocking copy, the forward runs under bf16 autocast unless ``precision="fp32"``, and all
+outputs come back in one device-to-host copy. ``compile=True`` wraps the model in
+``torch.compile`` and pads each batch to the next power of two (a bounded set of static
+shapes; rows do not interact, so padding never changes a real row's result).
+
+Rows with non-finite input are not sent through the network's result: they come back with NaN
+descriptors, ``valid=False`` and ``ood=True``, so one bad frame never spoils its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from spt_stream.checkpoint import CheckpointMetadata, default_checkpoint_path, load_checkpoint
+from spt_stream.errors import CheckpointError, SptValueError
+from spt_stream.models import SPTInference
+
+__all__ = ["PredictionBatch", "Predictor"]
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class PredictionBatch:
+    """Predictions for b spectra; every array has b rows, in input order.
+
+    ``values[name]``: class expectation (discrete) or predicted mean (continuous);
+    ``std[name]``: spread of the calibrated class distribution / predicted sigma;
+    ``probs[name]`` (b, C) for discrete descriptors with ``class_labels[name]``;
+    ``ood_score`` (about 1 in distribution) and ``ood`` (score above the fitted threshold);
+    ``valid``: False where the input row was not finite (its outputs are NaN).
+    """
+
+    descriptor_names: tuple[str, ...]
+    values: dict[str, F32]
+    std: dict[str, F32]
+    probs: dict[str, F32]
+    class_labels: dict[str, tuple[str, ...]]
+    ood_score: F32
+    ood: npt.NDArray[np.bool_]
+    valid: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return int(self.ood_score.shape[0])
+
+    def record(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as a JSON-able dict: ``<name>``, ``<name>_std``, ``<name>_probs``, ood."""
+        out: dict[str, Any] = {}
+        for name in self.descriptor_names:
+            out[name] = _num(self.values[name][i])
+            out[f"{name}_std"] = _num(self.std[name][i])
+            if name in self.probs:
+                out[f"{name}_probs"] = {
+                    lab: _num(p)
+                    for lab, p in zip(self.class_labels[name], self.probs[name][i], strict=True)
+                }
+        out["ood_score"] = _num(self.ood_score[i])
+        out["ood"] = bool(self.ood[i])
+        return out
+
+
+def _num(v: Any) -> float | None:
+    f = float(v)
+    return f if np.isfinite(f) else None
+
+
+class Predictor:
+    """A loaded SPT model ready to serve (see module doc)."""
+
+    def __init__(
+        self,
+        model: SPTInference,
+        metadata: CheckpointMetadata,
+        device: str | torch.device = "auto",
+        precision: Literal["auto", "fp32", "bf16"] = "auto",
+        compile: bool = False,
+        max_batch: int = 512,
+    ) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError("device 'cuda' requested but CUDA is not available")
+        self.metadata = metadata
+        self.model = model.to(self.device).eval()
+        self.max_batch = int(max_batch)
+        self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.compiled = bool(compile)
+        self._forward: Any = torch.compile(self.model, dynamic=False) if compile else self.model
+        cfg = model.cfg
+        self.n_points = cfg.n_points
+        self.descriptor_names: tuple[str, ...] = tuple(h.name for h in cfg.heads)
+        self.class_labels: dict[str, tuple[str, ...]] = {
+            d.name: d.class_labels for d in metadata.schema.descriptors if d.kind == "discrete"
+        }
+        self.ood_threshold = float(model.ood_threshold)  # read once: no device sync per batch
+        self._pinned: torch.Tensor | None = None
+        if self.device.type == "cuda":
+            self._pinned = torch.empty(
+                (self.max_batch, self.n_points), dtype=torch.float32
+            ).pin_memory()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path | None = None, device: str | torch.device = "auto", **kwargs: Any
+    ) -> Predictor:
+        """Load ``path`` (default: the packaged checkpoint, see :func:`default_checkpoint_path`)."""
+        p = Path(path) if path is not None else default_checkpoint_path()
+        if path is None and not p.is_file():
+            raise CheckpointError(
+                "no default SPT checkpoint is installed; pass a model file (--model PATH) or "
+                "train one with `spt-stream train --config configs/train/<name>.yaml`",
+                source=str(p),
+            )
+        model, meta = load_checkpoint(p, "cpu")
+        return cls(model, meta, device=device, **kwargs)
+
+    @property
+    def elements(self) -> tuple[str, ...]:
+        """Elements the model was built for (others are accepted as 'unknown')."""
+        return self.model.cfg.elements
+
+    def element_indices(self, elements: Sequence[str]) -> npt.NDArray[np.int64]:
+        return np.array([self.model.cfg.element_index(str(e)) for e in elements], dtype=np.int64)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1, 64)) -> None:
+        """Run dummy batches so first real frames do not pay for allocation/compilation."""
+        for b in batch_sizes:
+            self.predict(np.ones((b, self.n_points), np.float32), ["Co"] * b)
+
+    def predict(
+        self, norm: npt.ArrayLike | torch.Tensor, elements: Sequence[str]
+    ) -> PredictionBatch:
+        """Descriptors for ``norm`` (b, G) normalized mu on the model grid, one element per row."""
+        x = norm.detach().cpu().numpy() if isinstance(norm, torch.Tensor) else np.asarray(norm)
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.n_points:
+            raise SptValueError(
+                f"predict expects (b, {self.n_points}) spectra on the model grid, got {x.shape}"
+            )
+        if len(elements) != x.shape[0]:
+            raise SptValueError(f"{len(elements)} elements given for {x.shape[0]} spectra")
+        valid = np.isfinite(x).all(axis=1)
+        if not valid.all():
+            x = np.where(valid[:, None], x, 0.0).astype(np.float32)
+        el = self.element_indices(elements)
+        chunks = [
+            self._run(x[i : i + self.max_batch], el[i : i + self.max_batch])
+            for i in range(0, len(x), self.max_batch)
+        ]
+        out = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+        return self._unpack(out, valid)
+
+    @torch.inference_mode()
+    def _run(self, x: F32, el: npt.NDArray[np.int64]) -> F32:
+        b = x.shape[0]
+        n = b
+        if self.compiled:  # static shapes: pad to the next power of two
+            n = min(max(1, 1 << (b - 1).bit_length()), max(self.max_batch, b))
+            if n > b:
+                x = np.concatenate([x, np.zeros((n - b, x.shape[1]), np.float32)])
+                el = np.concatenate([el, np.zeros(n - b, np.int64)])
+        if self._pinned is not None and n <= self.max_batch:
+            host = self._pinned[:n]
+            host.copy_(torch.from_numpy(x))
+            xt = host.to(self.device, non_blocking=True)
+        else:
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        et = torch.from_numpy(el).to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            values, stds, probs, ood = self._forward(xt, et)
+        packed = torch.cat(
+            [values.float(), stds.float(), probs.float(), ood.float()[:, None]], dim=1
+        )
+        result: F32 = packed[:b].cpu().numpy()
+        return result
+
+    def _unpack(self, out: F32, valid: npt.NDArray[np.bool_]) -> PredictionBatch:
+        h = len(self.descriptor_names)
+        out = out.copy()
+        out[~valid] = np.nan
+        values = {n: out[:, j] for j, n in enumerate(self.descriptor_names)}
+        std = {n: out[:, h + j] for j, n in enumerate(self.descriptor_names)}
+        probs: dict[str, F32] = {}
+        off = 2 * h
+        for head in self.model.cfg.heads:
+            if head.discrete:
+                probs[head.name] = out[:, off : off + head.n_classes]
+                off += head.n_classes
+        score = out[:, off]
+        ood = ~valid | (score > self.ood_threshold)
+        return PredictionBatch(
+            descriptor_names=self.descriptor_names,
+            values=values,
+            std=std,
+            probs=probs,
+            class_labels=dict(self.class_labels),
+            ood_score=score,
+            ood=ood,
+            valid=valid,
+        )
