@@ -22,7 +22,17 @@ app = typer.Typer(
 )
 
 #: Command modules, in the order ``--help`` lists them. Each defines ``register(app)``.
-COMMAND_MODULES: tuple[str, ...] = ("normalize", "broker")
+COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
+    "run",
+    "replay",
+    "predict",
+    "normalize",
+    "train",
+    "simulate",
+    "plot",
+    "broker",
+)
 
 
 def _version_callback(value: bool) -> None:

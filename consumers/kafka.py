@@ -71,6 +71,8 @@ class SourceStats:
     reconnects: int = 0
     commits: int = 0
     commit_failures: int = 0
+    #: Messages between our position and the log end, over the partitions read (None: unknown).
+    lag: int | None = None
 
 
 def _parse_partitions(entries: tuple[str, ...]) -> list[TP]:
@@ -420,6 +422,7 @@ class KafkaDocumentSource:
                     if not self._connected:
                         self._note_connected()
                     self._deliver(batch, handler, stop)
+                    self._update_lag(consumer)
                 n_records = sum(len(r) for r in batch.values()) if batch else 0
                 if n_records < self.settings.max_poll_records:
                     _call_hook(handler, "idle")  # caught up: let the handler flush its batch
@@ -435,6 +438,16 @@ class KafkaDocumentSource:
         finally:
             self._run_pending_commits()
             self._owner = None
+
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        """Lag from the high watermarks the last fetches reported (no extra request)."""
+        total = 0
+        for (topic, partition), nxt in self._next.items():
+            high = consumer.highwater(TopicPartition(topic, partition))
+            if high is None:
+                return
+            total += max(0, high - nxt)
+        self.stats.lag = total
 
     def _poll_timeout_ms(self, handler: DocumentHandler) -> int:
         """The configured poll timeout, shortened to the handler's next deadline if any."""

@@ -1,0 +1,75 @@
+"""Options shared by ``spt-stream run``, ``replay`` and ``demo``, and their settings overrides."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+__all__ = ["configure_logging", "print_summary", "settings_overrides"]
+
+
+def settings_overrides(
+    *,
+    zarr: Path | None = None,
+    tiled_url: str | None = None,
+    feedback_topic: str | None = None,
+    feedback_documents_topic: str | None = None,
+    model: Path | None = None,
+    bootstrap_servers: str | None = None,
+    topics: list[str] | None = None,
+    group_id: str | None = None,
+    device: str | None = None,
+    dead_letter: Path | None = None,
+) -> dict[str, Any]:
+    """Nested settings overrides from command-line options (None = not given)."""
+    return {
+        "zarr": {"root": zarr},
+        "tiled": {"url": tiled_url},
+        "feedback": {"topic": feedback_topic, "documents_topic": feedback_documents_topic},
+        "model": model,
+        "device": device,
+        "kafka": {
+            "bootstrap_servers": bootstrap_servers,
+            "topics": tuple(topics) if topics else None,
+            "group_id": group_id,
+        },
+        "dead_letter": {"path": dead_letter},
+    }
+
+
+def configure_logging(level: str) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=level,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        force=True,
+    )
+
+
+def print_summary(console: Console, pipeline: Any, extra: dict[str, Any] | None = None) -> None:
+    """What was done and where it is."""
+    snap = pipeline.engine.snapshot()
+    ingest = snap["ingest"]
+    console.print(
+        f"[bold]frames analysed[/bold] {snap['frames']}  "
+        f"[bold]latency[/bold] p50 {snap['latency_p50_ms']:.1f} ms, "
+        f"p99 {snap['latency_p99_ms']:.1f} ms  "
+        f"[bold]rejected[/bold] {ingest.get('rejected', 0)}"
+    )
+    root = Path(pipeline.engine.settings.zarr.root).resolve()
+    for run in snap["runs"]:
+        console.print(
+            f"  run {run['run_uid']}  {run.get('element') or '?'}  frames={run['frames']} "
+            f"duplicates={run['duplicates']} status={run['status']}\n"
+            f"    trace: {root / (run['run_uid'] + '.zarr')}"
+        )
+    dl = pipeline.engine.settings.dead_letter.path
+    if ingest.get("rejected", 0) and dl is not None:
+        console.print(f"  dead-letter records: {Path(dl).resolve()}")
+    for k, v in (extra or {}).items():
+        console.print(f"  {k}: {v}")

@@ -1,0 +1,1 @@
+"""The one-command operando demo: a simulated delithiation experiment analysed live."""

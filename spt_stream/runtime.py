@@ -1,0 +1,167 @@
+"""Putting an engine together from settings: model, sinks, dead-letter store.
+
+Shared by ``spt-stream run``, ``replay`` and ``demo`` so the three build exactly the same pipeline
+(a replayed run yields the same trace as the live one).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import SecretStr
+
+from spt_stream.config import EngineSettings
+from spt_stream.deadletter import DeadLetterFile, DeadLetterSink, MemoryDeadLetter
+from spt_stream.engine import CommitFn, Engine
+from spt_stream.metrics import EngineMetrics
+from spt_stream.sinks.base import TraceSink
+from spt_stream.sinks.rows import Column2D
+
+__all__ = ["ModelRunner", "Pipeline", "build_pipeline", "prediction_columns"]
+
+log = logging.getLogger(__name__)
+
+
+def prediction_columns(pred: Any) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Column2D]]:
+    """Trace columns of a :class:`~spt_stream.predictor.PredictionBatch`.
+
+    ``<name>`` and ``<name>_std`` per descriptor, ``<name>_probs`` over ``<name>_class`` (the class
+    values) for discrete ones, ``ood_score`` and ``ood``.
+    """
+    columns: dict[str, np.ndarray[Any, Any]] = {}
+    arrays: dict[str, Column2D] = {}
+    for name in pred.descriptor_names:
+        columns[name] = np.asarray(pred.values[name], dtype=np.float64)
+        columns[f"{name}_std"] = np.asarray(pred.std[name], dtype=np.float64)
+        if name in pred.probs:
+            coord = np.array([float(c) for c in pred.class_labels[name]], dtype=np.float64)
+            arrays[f"{name}_probs"] = Column2D(
+                values=np.asarray(pred.probs[name], dtype=np.float32),
+                dim=f"{name}_class",
+                coord=coord,
+            )
+    columns["ood_score"] = np.asarray(pred.ood_score, dtype=np.float64)
+    columns["ood"] = np.asarray(pred.ood, dtype=bool)
+    return columns, arrays
+
+
+class ModelRunner:
+    """The engine's view of a :class:`~spt_stream.predictor.Predictor`."""
+
+    def __init__(self, model: Path | None = None, device: str = "auto") -> None:
+        from spt_stream.checkpoint import default_checkpoint_path
+        from spt_stream.predictor import Predictor
+
+        self.path = Path(model) if model is not None else default_checkpoint_path()
+        self.predictor = Predictor.from_checkpoint(model, device=device)
+        self.predictor.warmup()
+        meta = self.predictor.metadata
+        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self._info: dict[str, Any] = {
+            "name": meta.name,
+            "version": meta.code_version,
+            "sha256": digest,
+            "path": str(self.path),
+            "data_hash": meta.data_hash,
+            "descriptors": list(self.predictor.descriptor_names),
+            "device": str(self.predictor.device),
+            "ood_threshold": self.predictor.ood_threshold,
+        }
+
+    @property
+    def info(self) -> Mapping[str, Any]:
+        return self._info
+
+    @property
+    def units(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for d in self.predictor.metadata.schema.descriptors:
+            if d.units:
+                out[d.name] = d.units
+        return out
+
+    def predict_columns(
+        self, norm: np.ndarray[Any, Any], elements: Sequence[str | None]
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Column2D]]:
+        pred = self.predictor.predict(norm, [e if e else "?" for e in elements])
+        return prediction_columns(pred)
+
+
+@dataclass
+class Pipeline:
+    """An engine and what it owns (close it to flush and release everything)."""
+
+    engine: Engine
+    model: ModelRunner
+    sinks: list[TraceSink]
+    dead_letter: DeadLetterSink
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.dead_letter.close()
+
+
+def _tiled_key(settings: EngineSettings) -> SecretStr | None:
+    if settings.tiled.api_key is not None:
+        return settings.tiled.api_key
+    env = os.environ.get("SPT_TILED_API_KEY")
+    return SecretStr(env) if env else None
+
+
+def build_pipeline(
+    settings: EngineSettings,
+    *,
+    model: ModelRunner | None = None,
+    commit: CommitFn | None = None,
+    dead_letter: DeadLetterSink | None = None,
+    metrics: EngineMetrics | None = None,
+) -> Pipeline:
+    """Model + sinks (Zarr always; Tiled and feedback when configured) + engine."""
+    from spt_stream.sinks.threaded import ThreadedSink, ZarrSink
+
+    runner = model or ModelRunner(settings.model, device=settings.device)
+    sinks: list[TraceSink] = [ZarrSink(settings.zarr.root, block_rows=settings.zarr.block_rows)]
+    tiled = None
+    if settings.tiled.url:
+        from spt_stream.sinks.tiled_trace import TiledTraceWriter
+
+        tiled = TiledTraceWriter(
+            settings.tiled.url, api_key=_tiled_key(settings), queue_size=settings.tiled.queue_size
+        )
+        sinks.append(tiled)
+    fb = settings.feedback
+    if fb.topic or fb.documents_topic:
+        from spt_stream.feedback.publisher import FeedbackPublisher
+
+        before_stop = (
+            functools.partial(tiled.finalize_and_wait, timeout=30.0) if tiled is not None else None
+        )
+        publisher = FeedbackPublisher(
+            settings.kafka.bootstrap_servers,
+            frame_topic=fb.topic,
+            documents_topic=fb.documents_topic,
+            model_name=f"{runner.info['name']} {runner.info['version']}",
+            model_info=runner.info,
+            descriptors=runner.info["descriptors"],
+            units=runner.units,
+            ood_threshold=runner.predictor.ood_threshold,
+            before_stop=before_stop,
+            kafka=settings.kafka,
+        )
+        sinks.append(ThreadedSink(publisher, name="feedback", coalesce_rows=256))
+    if dead_letter is None:
+        path = settings.dead_letter.path
+        dead_letter = DeadLetterFile(path) if path is not None else MemoryDeadLetter()
+    engine = Engine(
+        settings, runner, sinks, dead_letter=dead_letter, commit=commit, metrics=metrics
+    )
+    return Pipeline(engine=engine, model=runner, sinks=sinks, dead_letter=dead_letter)
