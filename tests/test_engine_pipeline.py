@@ -161,9 +161,13 @@ def test_replay_gives_the_live_trace(tmp_path: Path, model: ModelRunner) -> None
     } | {"ood_score", "ood"}
     for name in live.variables:
         a, b = live[name].values, again[name].values
+        # Micro-batch boundaries depend on timing (live batches are smaller), and BLAS sums in
+        # a batch-size-dependent order: the normalization agrees to float64 round-off, the
+        # network to float32 round-off (amplified in std of peaked class distributions).
+        # Identity, time, event scalars, flags and integer columns are bit-identical.
         if name in model_outputs and a.dtype.kind == "f":
-            # the network's float32 arithmetic depends on the batch a frame landed in (live
-            # batches are smaller); everything upstream of the network is bit-identical
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4, err_msg=name)
+        elif a.dtype.kind == "f" and name not in ("time",) and not name.startswith("cell_"):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=name)
         else:
             np.testing.assert_array_equal(a, b, err_msg=name)
