@@ -1,4 +1,5 @@
-"""Generation at scale: determinism, worker independence, the dataset format and the CLI."""
+"""Generation at scale: determinism, worker independence, the dataset format, mixed-valence
+samples and the CLI."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from spt_stream.datasets import load_dataset
-from spt_stream.grid import MODEL_GRID_REL
+from spt_stream.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.simulate.generate import generate_arrays, generate_dataset
 from spt_stream.simulate.physics import PhysicsParams
 from spt_stream.simulate.sampler import Recipe
@@ -77,3 +79,79 @@ def test_cli_simulate_writes_a_dataset(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["simulate", "--recipe", str(bad), "--out", str(tmp_path / "b")])
     assert res.exit_code == 2
     assert "not in" in res.output
+
+
+MIX = Recipe(chunk_size=8, elements={"Co": 1.0}, mixture_prob=1.0, physics=None)
+
+
+def test_mixture_sites_are_one_element_one_valence_apart() -> None:
+    """A mixed-valence sample is two catalogue sites of one element, OS differing by 1, with
+    weights (1 - w, w) summing to 1; every catalogued pair uses catalogue sites."""
+    from spt_stream.simulate.sampler import MIXED_VALENCE, SITE_CATALOGUE, sample_sites
+
+    for el, pairs in MIXED_VALENCE.items():
+        known = {(o, g) for o, g, _ in SITE_CATALOGUE[el]}
+        for lo, g_lo, hi, g_hi, _ in pairs:
+            assert hi == lo + 1, (el, lo, hi)
+            assert (lo, g_lo) in known, (el, lo, g_lo)
+            assert (hi, g_hi) in known, (el, hi, g_hi)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        specs, weights = sample_sites(rng, replace(MIX, elements={"Fe": 1.0, "Mn": 1.0}))
+        assert len(specs) == 2
+        assert specs[0].element == specs[1].element
+        assert specs[1].oxidation_state == specs[0].oxidation_state + 1
+        assert sum(weights) == pytest.approx(1.0)
+        assert 0.0 <= weights[1] <= 1.0
+    zn_only = replace(MIX, elements={"Zn": 1.0})  # Zn has no mixed-valence pair
+    assert len(sample_sites(rng, zn_only)[0]) == 1
+
+
+def test_mixture_labels_are_weighted_means_and_spectrum_the_weighted_sum() -> None:
+    """draw_sample (the per-row step of generation): every label is the weight-averaged site
+    label (os = OS_low + w, fractional), and the fine spectrum is sum_i w_i * site spectrum_i."""
+    from spt_stream.simulate.descriptors import describe
+    from spt_stream.simulate.generate import draw_sample
+    from spt_stream.simulate.physics import site_spectrum
+    from spt_stream.simulate.pipeline import FINE_REL
+
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        d = draw_sample(rng, MIX, PhysicsParams())
+        assert len(d.envs) == 2
+        w = d.weights[1]
+        lo, hi = (describe(e) for e in d.envs)
+        assert d.labels["os"] == pytest.approx(d.envs[0].oxidation_state + w)
+        for k in ("cn", "cn2", "ocn", "nnrs", "mean_nn_distance"):
+            assert d.labels[k] == pytest.approx((1 - w) * lo[k] + w * hi[k]), k
+        energy = FINE_REL + edge_energy("Co")
+        parts = [
+            site_spectrum(e, energy, d.params, edge_shift=d.acquisition.edge_shift) for e in d.envs
+        ]
+        np.testing.assert_allclose(d.fine, (1 - w) * parts[0] + w * parts[1], atol=1e-12)
+        assert not np.allclose(parts[0], parts[1], atol=1e-3)  # the two valences differ
+
+
+def test_generated_mixtures_have_fractional_labels_and_are_deterministic() -> None:
+    """mixture_prob=1: all rows are mixtures (fractional os, counted in the provenance), finite,
+    identical from the same seed; mixture_prob=0 gives integer os."""
+    a = generate_arrays(MIX, PhysicsParams(), 16, seed=2, workers=1)
+    b = generate_arrays(MIX, PhysicsParams(), 16, seed=2, workers=1)
+    assert np.array_equal(a["spectra"], b["spectra"])
+    np.testing.assert_array_equal(a["labels"]["os"], b["labels"]["os"])
+    assert a["mixtures"] == 16
+    os_ = a["labels"]["os"]
+    assert np.all(np.abs(os_ - np.round(os_)) > 0)
+    assert np.all((os_ > 2) & (os_ < 4))
+    assert np.all(np.isfinite(a["spectra"]))
+    plain = generate_arrays(replace(MIX, mixture_prob=0.0), PhysicsParams(), 8, seed=2)
+    assert plain["mixtures"] == 0
+    np.testing.assert_array_equal(plain["labels"]["os"], np.round(plain["labels"]["os"]))
+
+
+def test_mixture_prob_is_validated() -> None:
+    """A mixture probability outside [0, 1] is a ConfigError naming the field."""
+    from spt_stream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mixture_prob"):
+        Recipe(mixture_prob=1.5)

@@ -5,13 +5,19 @@ Rows are produced in chunks of ``recipe.chunk_size``; chunk ``i`` draws everythi
 seed)`` only, never on the number of worker processes. Each chunk: sample sites -> build
 geometry -> descriptors -> physics jitter -> fine spectrum -> raw-like acquisition on one of a few
 measurement grids -> the engine's normalization -> model grid.
+
+A mixed-valence sample (``recipe.mixture_prob``, :func:`~spt_stream.simulate.sampler.sample_sites`)
+is two sites of one element: its fine spectrum is the weighted sum of the site spectra (same
+physics draw and acquisition), its labels the weighted site averages
+(:func:`~spt_stream.simulate.descriptors.describe_mixture`); ``provenance["mixture_rows"]``
+counts them.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +25,8 @@ import numpy as np
 
 from spt_stream.frames import FloatArray
 from spt_stream.grid import MODEL_GRID_REL, edge_energy
-from spt_stream.simulate.descriptors import LABEL_NAMES, describe
-from spt_stream.simulate.environment import build_environment
+from spt_stream.simulate.descriptors import LABEL_NAMES, describe_mixture
+from spt_stream.simulate.environment import LocalEnvironment, build_environment
 from spt_stream.simulate.physics import PhysicsParams
 from spt_stream.simulate.pipeline import (
     Acquisition,
@@ -30,12 +36,58 @@ from spt_stream.simulate.pipeline import (
     raw_spectrum,
     sample_acquisition,
 )
-from spt_stream.simulate.sampler import Recipe, sample_site
+from spt_stream.simulate.sampler import Recipe, sample_sites
 
-__all__ = ["ChunkResult", "generate_arrays", "generate_dataset", "simulate_chunk"]
+__all__ = [
+    "ChunkResult",
+    "SampleDraw",
+    "draw_sample",
+    "generate_arrays",
+    "generate_dataset",
+    "simulate_chunk",
+]
 
 ChunkResult = dict[str, Any]
 _GRIDS_PER_CHUNK = 4
+
+
+@dataclass(frozen=True, eq=False)
+class SampleDraw:
+    """One sample before acquisition: its sites and weights, labels, physics and fine spectrum."""
+
+    envs: tuple[LocalEnvironment, ...]
+    weights: tuple[float, ...]
+    #: Site-averaged labels (:func:`~spt_stream.simulate.descriptors.describe_mixture`).
+    labels: dict[str, float]
+    #: The physics parameters after this sample's jitter.
+    params: PhysicsParams
+    acquisition: Acquisition
+    #: ``sum_i w_i * site_spectrum_i`` on :data:`~spt_stream.simulate.pipeline.FINE_REL`.
+    fine: FloatArray
+
+    @property
+    def element(self) -> str:
+        return self.envs[0].element
+
+
+def draw_sample(rng: np.random.Generator, recipe: Recipe, params: PhysicsParams) -> SampleDraw:
+    """Sites (one, or a mixed-valence pair) -> geometry -> labels -> physics jitter ->
+    acquisition effects -> the weighted fine spectrum (what one row of a chunk starts from)."""
+    aug = recipe.augment
+    specs, weights = sample_sites(rng, recipe)
+    envs = tuple(build_environment(spec, rng) for spec in specs)
+    labels = describe_mixture(envs, weights)
+    p = replace(
+        params,
+        wl0=params.wl0 * rng.uniform(*aug.white_line_scale),
+        wl_os=params.wl_os * rng.uniform(*aug.white_line_scale),
+        pre_quad=params.pre_quad * rng.uniform(*aug.pre_edge_scale),
+        pre_dip=params.pre_dip * rng.uniform(*aug.pre_edge_scale),
+        s02=params.s02 * rng.uniform(*aug.s02_scale),
+    )
+    acq = sample_acquisition(rng, aug)
+    fine = fine_spectrum(list(envs), p, weights=list(weights), edge_shift=acq.edge_shift)
+    return SampleDraw(envs, weights, labels, p, acq, fine)
 
 
 def simulate_chunk(
@@ -50,26 +102,17 @@ def simulate_chunk(
     raw_rows: list[FloatArray] = []
     fines: list[tuple[FloatArray, Acquisition]] = []
     grid_of: list[int] = []
+    mixtures = 0
     for r in range(n_rows):
-        spec = sample_site(rng, recipe)
-        env = build_environment(spec, rng)
-        for k, v in describe(env).items():
+        d = draw_sample(rng, recipe, params)
+        mixtures += len(d.envs) > 1
+        for k, v in d.labels.items():
             labels[k][r] = v
-        p = replace(
-            params,
-            wl0=params.wl0 * rng.uniform(*aug.white_line_scale),
-            wl_os=params.wl_os * rng.uniform(*aug.white_line_scale),
-            pre_quad=params.pre_quad * rng.uniform(*aug.pre_edge_scale),
-            pre_dip=params.pre_dip * rng.uniform(*aug.pre_edge_scale),
-            s02=params.s02 * rng.uniform(*aug.s02_scale),
-        )
-        acq = sample_acquisition(rng, aug)
-        fine = fine_spectrum(env, p, edge_shift=acq.edge_shift)
         g = int(rng.integers(_GRIDS_PER_CHUNK))
-        raw_rows.append(raw_spectrum(fine, env.element, grids[g], acq, rng))
-        fines.append((fine, acq))
+        raw_rows.append(raw_spectrum(d.fine, d.element, grids[g], d.acquisition, rng))
+        fines.append((d.fine, d.acquisition))
         grid_of.append(g)
-        elements.append(env.element)
+        elements.append(d.element)
     spectra = np.empty((n_rows, len(MODEL_GRID_REL)), dtype=np.float64)
     el_arr = np.asarray(elements)
     g_arr = np.asarray(grid_of)
@@ -94,6 +137,7 @@ def simulate_chunk(
         "element": el_arr,
         "labels": labels,
         "fallback": fallback,
+        "mixtures": mixtures,
     }
 
 
@@ -145,12 +189,14 @@ def generate_arrays(
             "element": np.array([], dtype=str),
             "labels": {k: np.zeros(0, np.float32) for k in LABEL_NAMES},
             "fallback": 0,
+            "mixtures": 0,
         }
     return {
         "spectra": np.concatenate([p["spectra"] for p in parts]),
         "element": np.concatenate([p["element"] for p in parts]),
         "labels": {k: np.concatenate([p["labels"][k] for p in parts]) for k in LABEL_NAMES},
         "fallback": int(sum(p["fallback"] for p in parts)),
+        "mixtures": int(sum(p["mixtures"] for p in parts)),
     }
 
 
@@ -169,7 +215,9 @@ def generate_dataset(
 
     Saved with :func:`spt_stream.datasets.save_dataset` when ``out`` is given. Each row is its
     own structure (``groups = row index``). ``params`` defaults to the recipe's physics file
-    (``configs/simulate/calibrated.yaml``) or the built-in defaults.
+    (``configs/simulate/calibrated.yaml``) or the built-in defaults. With
+    ``recipe.mixture_prob > 0`` some rows are mixed-valence samples whose labels are site averages
+    (fractional ``os``, ``cn``, ...; see :mod:`spt_stream.simulate.descriptors`).
     """
     from spt_stream.datasets import SpectraDataset, save_dataset
     from spt_stream.simulate.calibrate import load_params
@@ -200,6 +248,7 @@ def generate_dataset(
             "physics": params.as_dict(),
             "normalized": "flat" if recipe.use_flat else "norm",
             "noise_free_fallback_rows": arrays["fallback"],
+            "mixture_rows": arrays["mixtures"],
         },
     )
     if out is not None:

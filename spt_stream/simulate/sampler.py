@@ -5,6 +5,14 @@ element (e.g. Co2+ Td/Oh, Co3+ Oh, Mn7+ Td, Cr6+ Td, Cu+ linear, Zn2+ Td), with 
 metals (OS 0) use the element's own lattice (bcc Fe/Cr/V/Mn-like, fcc Ni/Cu, hcp Ti/Co/Zn). A
 :class:`Recipe` (from ``configs/simulate/*.yaml``) weights elements and ligands and sets the
 distortion, second-shell and augmentation ranges.
+
+Mixed-valence samples (``Recipe.mixture_prob``): with that probability a sample is two sites of
+the SAME element whose oxidation states differ by one, from :data:`MIXED_VALENCE` (pairs after
+real compounds: Li(1-x)CoO2 Co3+/Co4+ Oh, Fe3O4 / Co3O4 / Mn3O4 spinels Td/Oh, LiMn2O4 Mn3+/Mn4+,
+LiNiO2 Ni2+/Ni3+, ...), mixed with weight ``w ~ U(0, 1)`` on the higher-valent site. Both sites
+share the compound's ligand kind and thermal disorder (and, for equal geometries, the ligand list
+and second shell); distortions are drawn per site. :func:`sample_sites` returns the sites and
+their weights; a single-site sample is ``((site,), (1.0,))``.
 """
 
 from __future__ import annotations
@@ -19,7 +27,15 @@ from spt_stream.errors import ConfigError
 from spt_stream.simulate.environment import ANIONS, ELEMENTS, SiteSpec, ideal_directions
 from spt_stream.simulate.pipeline import AugmentRanges
 
-__all__ = ["METAL_LATTICE", "SITE_CATALOGUE", "Recipe", "load_recipe", "sample_site"]
+__all__ = [
+    "METAL_LATTICE",
+    "MIXED_VALENCE",
+    "SITE_CATALOGUE",
+    "Recipe",
+    "load_recipe",
+    "sample_site",
+    "sample_sites",
+]
 
 #: (oxidation state, geometry, weight) per element.
 SITE_CATALOGUE: dict[str, tuple[tuple[int, str, float], ...]] = {
@@ -46,6 +62,28 @@ SITE_CATALOGUE: dict[str, tuple[tuple[int, str, float], ...]] = {
 }  # fmt: skip
 METAL_LATTICE = {e: next(g for os_, g, _ in SITE_CATALOGUE[e] if os_ == 0) for e in ELEMENTS}
 
+#: Mixed-valence pairs per element: (lower OS, its geometry, OS + 1, its geometry, weight), after
+#: real compounds; both ends are :data:`SITE_CATALOGUE` sites (Zn has no pair).
+MIXED_VALENCE: dict[str, tuple[tuple[int, str, int, str, float], ...]] = {
+    "Ti": ((3, "octahedral", 4, "octahedral", 1),),  # Magneli Ti4O7, Li4+xTi5O12
+    "V": ((3, "octahedral", 4, "octahedral", 1),  # V4O7-like Magneli phases
+          (4, "square_pyramidal", 5, "square_pyramidal", 1),  # LixV2O5, V6O13
+          (4, "octahedral", 5, "octahedral", 0.5)),
+    "Cr": ((2, "octahedral", 3, "octahedral", 1),
+           (3, "octahedral", 4, "octahedral", 0.5)),  # Cr8O21-like oxides
+    "Mn": ((2, "tetrahedral", 3, "octahedral", 1),  # Mn3O4 hausmannite (spinel)
+           (3, "octahedral", 4, "octahedral", 2),  # LiMn2O4, La(1-x)Sr(x)MnO3
+           (2, "octahedral", 3, "octahedral", 1)),  # MnO/Mn2O3 during cycling
+    "Fe": ((2, "octahedral", 3, "octahedral", 2),  # Fe3O4 B sites, Li(x)FePO4
+           (2, "octahedral", 3, "tetrahedral", 1),  # Fe3O4: Fe3+ on the A sites
+           (3, "octahedral", 4, "octahedral", 0.3)),  # SrFeO(3-d)
+    "Co": ((3, "octahedral", 4, "octahedral", 3),  # Li(1-x)CoO2 (operando delithiation)
+           (2, "tetrahedral", 3, "octahedral", 1),  # Co3O4 spinel
+           (2, "octahedral", 3, "octahedral", 1)),  # CoO -> Co3O4 oxidation
+    "Ni": ((2, "octahedral", 3, "octahedral", 1),),  # LiNiO2, NMC on charge
+    "Cu": ((1, "linear", 2, "square_planar", 1),),  # Cu4O3 paramelaconite
+}  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Recipe:
@@ -61,6 +99,9 @@ class Recipe:
     )
     #: Probability that a compound site mixes in a second ligand kind (changes OCN).
     mixed_ligand_prob: float = 0.3
+    #: Probability that a sample is a mixed-valence pair (:data:`MIXED_VALENCE`; module doc).
+    #: 0 draws no extra random number, so recipes without it reproduce older data sets.
+    mixture_prob: float = 0.0
     #: Oxidation state above which only oxygen is used (oxo-anions).
     oxo_only_above: int = 4
     jahn_teller: tuple[float, float] = (0.0, 0.35)
@@ -89,6 +130,8 @@ class Recipe:
             raise ConfigError(f"recipe ligands {sorted(badl)} not in {ANIONS}")
         if "O" not in self.ligands:
             raise ConfigError("recipe ligands must include O (oxo-anion sites use it)")
+        if not 0.0 <= self.mixture_prob <= 1.0:
+            raise ConfigError(f"recipe mixture_prob must lie in [0, 1], got {self.mixture_prob}")
 
 
 def _tuple_fields(data: dict[str, Any], cls: type[Any]) -> dict[str, Any]:
@@ -121,6 +164,11 @@ def _choice(rng: np.random.Generator, items: list[Any], weights: list[float]) ->
     return items[int(rng.choice(len(items), p=w / w.sum()))]
 
 
+def _combo_weight(recipe: Recipe, el: str, os_: int, geom: str, w: float) -> float:
+    w = w * recipe.site_weights.get(el, {}).get(f"{os_}/{geom}", 1.0)
+    return w * (recipe.metal_weight if os_ == 0 else 1.0)
+
+
 def sample_site(rng: np.random.Generator, recipe: Recipe) -> SiteSpec:
     """Draw one plausible site: element, OS/geometry, ligands, distortions, second shell."""
     elements = [e for e, w in recipe.elements.items() if w > 0]
@@ -128,8 +176,7 @@ def sample_site(rng: np.random.Generator, recipe: Recipe) -> SiteSpec:
     combos = []
     weights = []
     for os_, geom, w in SITE_CATALOGUE[el]:
-        w = w * recipe.site_weights.get(el, {}).get(f"{os_}/{geom}", 1.0)
-        w = w * (recipe.metal_weight if os_ == 0 else 1.0)
+        w = _combo_weight(recipe, el, os_, geom, w)
         if w > 0:
             combos.append((os_, geom))
             weights.append(w)
@@ -141,35 +188,128 @@ def sample_site(rng: np.random.Generator, recipe: Recipe) -> SiteSpec:
     if os_ == 0:
         return SiteSpec(el, 0, geom, bond_jitter=rng.uniform(0.0, 0.02), sigma2_1=s1, sigma2_2=s2)
     n = len(ideal_directions(geom))
-    if os_ > recipe.oxo_only_above:
-        ligs = ["O"] * n
-    else:
-        names = list(recipe.ligands)
+    ligs = ["O"] * n if os_ > recipe.oxo_only_above else _ligands(rng, recipe, n)
+    return _compound_site(rng, recipe, el, int(os_), geom, tuple(ligs), s1, s2)
+
+
+def _ligands(
+    rng: np.random.Generator, recipe: Recipe, n: int, main: str | None = None
+) -> list[str]:
+    """``n`` first-shell ligands: one main kind, sometimes partly replaced by a second kind."""
+    names = list(recipe.ligands)
+    if main is None:
         main = _choice(rng, names, [recipe.ligands[x] for x in names])
-        ligs = [main] * n
-        if rng.random() < recipe.mixed_ligand_prob:
-            other = _choice(rng, names, [recipe.ligands[x] if x != main else 0.0 for x in names])
-            k = int(rng.integers(1, n)) if n > 1 else 0
-            for i in rng.choice(n, size=k, replace=False):
-                ligs[int(i)] = other
-    jt = rng.uniform(*recipe.jahn_teller) if rng.random() < recipe.jahn_teller_prob else 0.0
-    tri = rng.uniform(*recipe.trigonal) if rng.random() < recipe.trigonal_prob else 0.0
+    ligs = [main] * n
+    if rng.random() < recipe.mixed_ligand_prob:
+        other = _choice(rng, names, [recipe.ligands[x] if x != main else 0.0 for x in names])
+        k = int(rng.integers(1, n)) if n > 1 else 0
+        for i in rng.choice(n, size=k, replace=False):
+            ligs[int(i)] = other
+    return ligs
+
+
+def _shell(rng: np.random.Generator, recipe: Recipe, n: int) -> tuple[int, int]:
+    """Second shell (edge-sharing, corner-sharing) metal neighbour counts of a compound site."""
     lo, hi = recipe.second_shell
     total = int(rng.integers(lo, hi + 1))
     edge_frac = rng.uniform(0.0, 0.8 if n >= 5 else 0.3)
     n_edge = round(total * edge_frac)
+    return n_edge, total - n_edge
+
+
+def _compound_site(
+    rng: np.random.Generator,
+    recipe: Recipe,
+    el: str,
+    os_: int,
+    geom: str,
+    ligs: tuple[str, ...],
+    s1: float,
+    s2: float,
+    shell: tuple[int, int, float] | None = None,
+) -> SiteSpec:
+    """A compound site with drawn distortions; ``shell`` = (n_edge, n_corner, corner angle) or
+    drawn here."""
+    jt = rng.uniform(*recipe.jahn_teller) if rng.random() < recipe.jahn_teller_prob else 0.0
+    tri = rng.uniform(*recipe.trigonal) if rng.random() < recipe.trigonal_prob else 0.0
+    # (the order of the draws is the original sampler's: older data sets stay reproducible)
+    if shell is None:
+        n_edge, n_corner = _shell(rng, recipe, len(ligs))
+        bond = rng.uniform(*recipe.bond_jitter)
+        angle = rng.uniform(*recipe.angle_jitter_deg)
+        corner = float(rng.uniform(*recipe.corner_angle_deg))
+    else:
+        n_edge, n_corner, corner = shell
+        bond = rng.uniform(*recipe.bond_jitter)
+        angle = rng.uniform(*recipe.angle_jitter_deg)
     return SiteSpec(
         el,
-        int(os_),
+        os_,
         geom,
-        tuple(ligs),
+        ligs,
         jahn_teller=jt,
         trigonal=tri,
-        bond_jitter=rng.uniform(*recipe.bond_jitter),
-        angle_jitter_deg=rng.uniform(*recipe.angle_jitter_deg),
+        bond_jitter=bond,
+        angle_jitter_deg=angle,
         n_edge=n_edge,
-        n_corner=total - n_edge,
-        corner_angle_deg=rng.uniform(*recipe.corner_angle_deg),
+        n_corner=n_corner,
+        corner_angle_deg=corner,
         sigma2_1=s1,
         sigma2_2=s2,
     )
+
+
+def _mixture_options(
+    recipe: Recipe,
+) -> tuple[list[str], list[float], dict[str, tuple[list[tuple[int, str, int, str]], list[float]]]]:
+    """Elements that have an enabled pair (both ends keep a positive recipe weight), and pairs."""
+    pairs: dict[str, tuple[list[tuple[int, str, int, str]], list[float]]] = {}
+    for el, w_el in recipe.elements.items():
+        if w_el <= 0:
+            continue
+        cat = {(o, g): w for o, g, w in SITE_CATALOGUE[el]}
+        ok = [
+            ((lo, g_lo, hi, g_hi), w)
+            for lo, g_lo, hi, g_hi, w in MIXED_VALENCE.get(el, ())
+            if _combo_weight(recipe, el, lo, g_lo, cat[(lo, g_lo)]) > 0
+            and _combo_weight(recipe, el, hi, g_hi, cat[(hi, g_hi)]) > 0
+        ]
+        if ok:
+            pairs[el] = ([p for p, _ in ok], [w for _, w in ok])
+    els = list(pairs)
+    return els, [recipe.elements[e] for e in els], pairs
+
+
+def sample_sites(
+    rng: np.random.Generator, recipe: Recipe
+) -> tuple[tuple[SiteSpec, ...], tuple[float, ...]]:
+    """One sample: ``((site,), (1.0,))``, or with ``recipe.mixture_prob`` a mixed-valence pair
+    ``((lower, higher), (1 - w, w))`` with ``w ~ U(0, 1)`` (module doc).
+
+    The element of a pair follows the recipe's element weights among the elements that have an
+    enabled pair; a recipe with none (e.g. Zn only) always gives single sites.
+    """
+    if recipe.mixture_prob <= 0 or rng.random() >= recipe.mixture_prob:
+        return (sample_site(rng, recipe),), (1.0,)
+    els, el_w, pairs = _mixture_options(recipe)
+    if not els:
+        return (sample_site(rng, recipe),), (1.0,)
+    el = _choice(rng, els, el_w)
+    lo, g_lo, hi, g_hi = _choice(rng, *pairs[el])
+    w = float(rng.uniform(0.0, 1.0))
+    s1 = rng.uniform(*recipe.sigma2_1)
+    s2 = rng.uniform(*recipe.sigma2_2)
+    n_lo, n_hi = len(ideal_directions(g_lo)), len(ideal_directions(g_hi))
+    names = list(recipe.ligands)
+    oxo = hi > recipe.oxo_only_above
+    main = "O" if oxo else _choice(rng, names, [recipe.ligands[x] for x in names])
+    if g_lo == g_hi:  # one structure type: same ligand list and second shell, own distortions
+        ligs = ("O",) * n_lo if oxo else tuple(_ligands(rng, recipe, n_lo, main))
+        n_edge, n_corner = _shell(rng, recipe, n_lo)
+        shell = (n_edge, n_corner, float(rng.uniform(*recipe.corner_angle_deg)))
+        a = _compound_site(rng, recipe, el, lo, g_lo, ligs, s1, s2, shell)
+        b = _compound_site(rng, recipe, el, hi, g_hi, ligs, s1, s2, shell)
+    else:  # two sublattices (spinel-like Td/Oh): same ligand kind, own shells
+        a = _compound_site(rng, recipe, el, lo, g_lo, (main,) * n_lo, s1, s2)
+        b = _compound_site(rng, recipe, el, hi, g_hi, (main,) * n_hi, s1, s2)
+    return (a, b), (1.0 - w, w)

@@ -4,6 +4,11 @@ One model per descriptor (the tree ensembles are single-target, which is the pap
 about fragmented baselines), trained on the same training split as the SPT, on the same
 inputs: the normalized spectrum on the model grid plus a one-hot of the absorbing element.
 Evaluated on the same test split, clean and under the same Gaussian-noise levels.
+
+Discrete descriptors: the classifiers are fitted on the label rounded to the nearest class
+(fractional mixed-valence labels have no class of their own); their class probabilities, mapped
+onto the schema's classes, give the predicted class (argmax) and the class expectation, scored
+like the SPT's (:func:`spt_stream.training.evaluate.descriptor_metrics`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy.typing as npt
 from spt_stream.datasets import SpectraDataset
 from spt_stream.descriptors import DescriptorSchema
 from spt_stream.training.evaluate import add_noise, descriptor_metrics
+from spt_stream.training.targets import nearest_class_index
 
 __all__ = ["BASELINES", "baseline_features", "evaluate_baselines"]
 
@@ -74,11 +80,28 @@ def evaluate_baselines(
             if y is None or not np.isfinite(y).any():
                 continue
             ok = np.isfinite(y)
-            model = _make(kind, spec.kind == "discrete", seed, n_estimators, n_jobs)
-            model.fit(x_tr[ok], y[ok])
+            discrete = spec.kind == "discrete"
+            model = _make(kind, discrete, seed, n_estimators, n_jobs)
+            if discrete:
+                cv = np.asarray(spec.classes, dtype=np.float64)
+                model.fit(x_tr[ok], cv[nearest_class_index(y[ok], spec.classes)])
+            else:
+                model.fit(x_tr[ok], y[ok])
             lab = test.labels.get(spec.name, np.full(len(test), np.nan, np.float32))
             for lvl, x_te in noisy.items():
-                pred = np.asarray(model.predict(x_te), dtype=np.float64)
-                res[lvl][spec.name] = descriptor_metrics(spec, lab, pred)
+                if discrete:
+                    probs = _class_probs(model, x_te, spec.classes)
+                    res[lvl][spec.name] = descriptor_metrics(spec, lab, probs @ cv, probs)
+                else:
+                    pred = np.asarray(model.predict(x_te), dtype=np.float64)
+                    res[lvl][spec.name] = descriptor_metrics(spec, lab, pred)
         out[kind] = res
+    return out
+
+
+def _class_probs(model: Any, x: npt.NDArray[np.float32], classes: Sequence[float]) -> Any:
+    """(N, C) probabilities over the schema's ``classes`` from a fitted classifier."""
+    p = np.asarray(model.predict_proba(x), dtype=np.float64)
+    out = np.zeros((p.shape[0], len(classes)))
+    out[:, nearest_class_index(np.asarray(model.classes_, dtype=np.float64), classes)] = p
     return out

@@ -2,9 +2,14 @@
 
 * Temperature scaling (Guo et al. 2017): one scalar T per discrete head, fitted on validation
   logits by minimising the negative log-likelihood over log T; stored in the model's
-  ``temperature`` buffer.
+  ``temperature`` buffer. With soft targets (mixed-valence labels, :mod:`.targets`) the NLL is
+  the cross-entropy against the target distribution, the training objective: fitting T to the
+  rounded classes instead would sharpen mixture predictions toward integer classes.
 * Expected calibration error: top-label confidence in equal-width bins,
-  ``ECE = sum_b n_b / N * |accuracy_b - confidence_b|``.
+  ``ECE = sum_b n_b / N * |accuracy_b - confidence_b|``. With soft targets the "accuracy" of a
+  row is the target mass on the predicted class (1 or 0 for integer labels, as usual; 0.6 for
+  predicting class 3 on a 3.4 label); pass :func:`.targets.nearest_class_index` labels instead
+  for the ECE against rounded classes.
 * OOD: a Gaussian of the pooled training features per absorbing element with one shared,
   shrunk covariance; the threshold is a high quantile of the validation scores.
 * Predictive std: one forward gives the class-distribution spread (discrete) and the predicted
@@ -57,11 +62,16 @@ def network_outputs(
 
 
 def fit_temperature(logits: Tensor, target: Tensor, max_iter: int = 100) -> float:
-    """The temperature minimising validation NLL for one head (rows with target < 0 ignored)."""
-    keep = target >= 0
+    """The temperature minimising validation NLL for one head.
+
+    ``target``: class indices (N,) (rows < 0 ignored) or target distributions (N, C) (zero rows
+    ignored; module doc).
+    """
+    keep = target.sum(dim=1) > 0 if target.dim() == 2 else target >= 0
     if int(keep.sum()) < 2:
         return 1.0
-    z, y = logits[keep].double(), target[keep]
+    z = logits[keep].double()
+    y = target[keep].double() if target.dim() == 2 else target[keep]
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -79,7 +89,8 @@ def fit_temperature(logits: Tensor, target: Tensor, max_iter: int = 100) -> floa
 def fit_temperatures(
     model: SPTInference, x: Tensor, element: Tensor, class_targets: dict[str, Tensor]
 ) -> dict[str, float]:
-    """Fit and set the temperature of every discrete head on (validation) data."""
+    """Fit and set the temperature of every discrete head on (validation) data; targets as in
+    :func:`fit_temperature` (class indices or target distributions)."""
     out = network_outputs(model, x, element)
     temps: dict[str, float] = {}
     for i, h in enumerate(h for h in model.cfg.heads if h.discrete):
@@ -90,13 +101,24 @@ def fit_temperatures(
 
 
 def reliability_table(
-    probs: npt.NDArray[Any], target: npt.NDArray[np.int64], n_bins: int = 10
+    probs: npt.NDArray[Any], target: npt.NDArray[Any], n_bins: int = 10
 ) -> list[dict[str, float]]:
-    """Per confidence bin: count, mean confidence, accuracy (rows with target < 0 ignored)."""
-    keep = target >= 0
-    p, y = probs[keep], target[keep]
+    """Per confidence bin: count, mean confidence, accuracy.
+
+    ``target``: class indices (N,) (rows < 0 ignored) or target distributions (N, C) (zero rows
+    ignored; accuracy = target mass on the predicted class, module doc).
+    """
+    target = np.asarray(target)
+    if target.ndim == 2:
+        keep = target.sum(axis=1) > 0
+        p = probs[keep]
+        pred = p.argmax(axis=1)
+        correct = target[keep][np.arange(len(pred)), pred].astype(np.float64)
+    else:
+        keep = target >= 0
+        p = probs[keep]
+        correct = (p.argmax(axis=1) == target[keep]).astype(np.float64)
     conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     rows = []
     for lo, hi in itertools.pairwise(edges):
@@ -115,9 +137,9 @@ def reliability_table(
 
 
 def expected_calibration_error(
-    probs: npt.NDArray[Any], target: npt.NDArray[np.int64], n_bins: int = 10
+    probs: npt.NDArray[Any], target: npt.NDArray[Any], n_bins: int = 10
 ) -> float:
-    """ECE of the top-label confidence (see module doc)."""
+    """ECE of the top-label confidence; targets as in :func:`reliability_table` (module doc)."""
     rows = reliability_table(probs, target, n_bins)
     total = sum(r["count"] for r in rows)
     if total == 0:

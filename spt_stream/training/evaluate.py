@@ -2,6 +2,15 @@
 RMSE (continuous), calibration (ECE before/after temperature scaling, reliability table,
 std coverage), and the noise stress test of paper section 4.4: Gaussian noise of standard
 deviation ``sigma`` (edge-step units, i.e. absolute on normalized mu) added to every input point.
+
+Discrete descriptors with fractional labels (mixed-valence samples, ``os`` 3.4): macro-F1,
+accuracy and the confusion matrix use the label ROUNDED to the nearest class (ties to the lower
+class; :func:`spt_stream.training.targets.nearest_class_index`); ``mae_expectation`` is the MAE
+of the predicted class expectation against the (possibly fractional) label, and
+``mae_expectation_fractional`` / ``pearson_fractional`` the same restricted to rows whose label is
+not a class value. ECE uses the two-hot target distributions (``ece``, ``ece_uncalibrated``;
+accuracy = target mass on the predicted class, :mod:`.calibration`), ``ece_rounded`` the rounded
+classes.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from spt_stream.training.calibration import (
     reliability_table,
     std_calibration,
 )
+from spt_stream.training.targets import nearest_class_index, soft_class_targets
 
 __all__ = ["add_noise", "descriptor_metrics", "evaluate_model", "predict_arrays"]
 
@@ -54,11 +64,8 @@ def predict_arrays(
 
 
 def _class_index(spec: DescriptorSpec, labels: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-    classes = np.asarray(spec.classes)
-    idx = np.full(len(labels), -1, np.int64)
-    ok = np.isfinite(labels)
-    idx[ok] = np.abs(labels[ok, None] - classes[None, :]).argmin(axis=1)
-    return idx
+    """Nearest class index per label (rounded label; -1 where NaN)."""
+    return nearest_class_index(labels, spec.classes)
 
 
 def descriptor_metrics(
@@ -67,7 +74,11 @@ def descriptor_metrics(
     pred_value: npt.NDArray[Any],
     pred_probs: npt.NDArray[Any] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one descriptor over rows with a defined label."""
+    """Metrics of one descriptor over rows with a defined label (module doc).
+
+    Discrete: ``pred_value`` is the class expectation, ``pred_probs`` (N, C) the class
+    probabilities (argmax = predicted class; without them the class nearest ``pred_value``).
+    """
     from sklearn.metrics import confusion_matrix, f1_score, mean_absolute_error, r2_score
 
     ok = np.isfinite(labels)
@@ -80,13 +91,25 @@ def descriptor_metrics(
         else:
             yhat = np.abs(pred_value[ok, None] - np.asarray(spec.classes)[None, :]).argmin(axis=1)
         present = np.unique(y)
-        return {
+        lab = labels[ok].astype(np.float64)
+        err = np.abs(pred_value[ok].astype(np.float64) - lab)
+        frac = np.abs(lab - np.asarray(spec.classes)[y]) > 1e-4
+        out: dict[str, Any] = {
             "n": int(ok.sum()),
             "f1_macro": float(f1_score(y, yhat, labels=present, average="macro", zero_division=0)),
             "accuracy": float((y == yhat).mean()),
+            "mae_expectation": float(err.mean()),
+            "n_fractional": int(frac.sum()),
             "confusion": confusion_matrix(y, yhat, labels=np.arange(spec.n_classes)).tolist(),
             "class_labels": list(spec.class_labels),
         }
+        if frac.any():
+            out["mae_expectation_fractional"] = float(err[frac].mean())
+        if frac.sum() > 2 and np.ptp(lab[frac]) > 0 and np.ptp(pred_value[ok][frac]) > 0:
+            out["pearson_fractional"] = float(
+                np.corrcoef(lab[frac], pred_value[ok][frac].astype(np.float64))[0, 1]
+            )
+        return out
     y, yhat = labels[ok].astype(np.float64), pred_value[ok].astype(np.float64)
     return {
         "n": int(ok.sum()),
@@ -121,10 +144,11 @@ def evaluate_model(
             per[name] = descriptor_metrics(spec, lab, pred["values"][:, j], probs)
             if sigma == 0.0:
                 if probs is not None:
-                    y = _class_index(spec, lab)
+                    soft = soft_class_targets(lab, spec.classes, name=name)
                     calib[name] = {
-                        "ece": expected_calibration_error(probs, y),
-                        "reliability": reliability_table(probs, y),
+                        "ece": expected_calibration_error(probs, soft),
+                        "ece_rounded": expected_calibration_error(probs, _class_index(spec, lab)),
+                        "reliability": reliability_table(probs, soft),
                     }
                 else:
                     calib[name] = std_calibration(pred["values"][:, j], pred["stds"][:, j], lab)
@@ -144,6 +168,7 @@ def evaluate_model(
         if spec.kind == "discrete":
             lab = ds.labels.get(name, np.full(len(ds), np.nan, np.float32))
             p = raw[:, off : off + spec.n_classes]
-            calib[name]["ece_uncalibrated"] = expected_calibration_error(p, _class_index(spec, lab))
+            soft = soft_class_targets(lab, spec.classes, name=name)
+            calib[name]["ece_uncalibrated"] = expected_calibration_error(p, soft)
             off += spec.n_classes
     return {"levels": levels, "calibration": calib}

@@ -3,8 +3,11 @@
 Joint multi-target loss (paper 5.3, "Multi-Target Joint SPT"), summed over descriptors with the
 weights of the descriptor schema (default 1.0 each, overridable per config):
 
-* discrete descriptor: cross-entropy over its classes, averaged over rows where the label is
-  defined (NaN labels are masked out);
+* discrete descriptor: cross-entropy against the target class distribution, averaged over rows
+  where the label is defined (NaN labels are masked out). Integer labels are one-hot; a label
+  between two adjacent class values (a mixed-valence sample, ``os`` 3.4) is a two-hot soft target
+  weighted by distance (0.6 on class 3, 0.4 on class 4; :mod:`spt_stream.training.targets`), so
+  the class expectation learns the fractional value;
 * continuous descriptor: Gaussian negative log-likelihood of the standardized target
   ``(y - loc) / scale`` (loc/scale from the training split) under the predicted mean and
   log-variance, weighted by the detached predicted variance to the power 0.5 ("beta-NLL",
@@ -40,6 +43,7 @@ from spt_stream.descriptors import DescriptorSchema, load_descriptor_schema
 from spt_stream.errors import ConfigError, SptValueError
 from spt_stream.grid import GRID_STEP_EV, MODEL_GRID_REL
 from spt_stream.models import HeadSpec, SPTConfig, SPTInference
+from spt_stream.training.targets import nearest_class_index, soft_class_targets
 
 __all__ = [
     "AugmentSettings",
@@ -53,6 +57,7 @@ __all__ = [
     "joint_loss",
     "load_train_config",
     "resolve_device",
+    "soft_class_targets",
     "train",
 ]
 
@@ -143,12 +148,16 @@ def heads_from_schema(schema: DescriptorSchema) -> tuple[HeadSpec, ...]:
 
 @dataclass
 class EncodedSet:
-    """A dataset as tensors: inputs, element indices, class indices (-1 = none), std. targets."""
+    """A dataset as tensors: inputs (N, G), element indices (N,), per discrete descriptor the
+    nearest class index (N,) (-1 = no label; where a hard class is needed) and the target class
+    distribution ``soft`` (N, C) (zero rows = no label; the training target), per continuous
+    descriptor the standardized target (N,) (NaN = no label)."""
 
     x: Tensor
     element: Tensor
     cls: dict[str, Tensor]
     reg: dict[str, Tensor]
+    soft: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -157,6 +166,7 @@ class EncodedSet:
         return EncodedSet(
             self.x[idx], self.element[idx],
             {k: v[idx] for k, v in self.cls.items()}, {k: v[idx] for k, v in self.reg.items()},
+            {k: v[idx] for k, v in self.soft.items()},
         )  # fmt: skip
 
     def to(self, device: torch.device) -> EncodedSet:
@@ -164,6 +174,7 @@ class EncodedSet:
             self.x.to(device), self.element.to(device),
             {k: v.to(device) for k, v in self.cls.items()},
             {k: v.to(device) for k, v in self.reg.items()},
+            {k: v.to(device) for k, v in self.soft.items()},
         )  # fmt: skip
 
 
@@ -174,7 +185,11 @@ def encode(
     loc: Mapping[str, float],
     scale: Mapping[str, float],
 ) -> EncodedSet:
-    """Tensors for training/evaluation; raises if a discrete label is not one of its classes."""
+    """Tensors for training/evaluation (see :class:`EncodedSet`).
+
+    Discrete labels may be fractional (two-hot soft targets, module doc); a label outside the
+    class range raises :class:`SptValueError` naming the descriptor.
+    """
     if ds.spectra.shape[1] != arch.n_points or not np.allclose(ds.energy_rel, MODEL_GRID_REL):
         raise SptValueError(
             f"dataset grid ({ds.spectra.shape[1]} points) is not the model grid; import it with "
@@ -183,27 +198,17 @@ def encode(
     el = torch.tensor([arch.element_index(str(e)) for e in ds.element], dtype=torch.long)
     cls: dict[str, Tensor] = {}
     reg: dict[str, Tensor] = {}
+    soft: dict[str, Tensor] = {}
     for d in schema.descriptors:
         lab = ds.labels.get(d.name)
         if lab is None:
             lab = np.full(len(ds), np.nan, np.float32)
         if d.kind == "discrete":
-            classes = np.asarray(d.classes)
-            idx = np.full(len(ds), -1, np.int64)
-            ok = np.isfinite(lab)
-            match = np.abs(lab[ok, None] - classes[None, :]) < 1e-6
-            bad = ~match.any(axis=1)
-            if bad.any():
-                vals = sorted(set(np.round(lab[ok][bad], 4).tolist()))
-                raise SptValueError(
-                    f"descriptor {d.name!r}: label values {vals[:10]} are not among its classes "
-                    f"{list(d.classes)} (configs/descriptors.yaml)"
-                )
-            idx[ok] = match.argmax(axis=1)
-            cls[d.name] = torch.from_numpy(idx)
+            soft[d.name] = torch.from_numpy(soft_class_targets(lab, d.classes, name=d.name))
+            cls[d.name] = torch.from_numpy(nearest_class_index(lab, d.classes))
         else:
             reg[d.name] = torch.from_numpy((lab - loc[d.name]) / scale[d.name]).float()
-    return EncodedSet(torch.from_numpy(np.ascontiguousarray(ds.spectra)), el, cls, reg)
+    return EncodedSet(torch.from_numpy(np.ascontiguousarray(ds.spectra)), el, cls, reg, soft)
 
 
 def augment(x: Tensor, aug: AugmentSettings, gen: torch.Generator | None = None) -> Tensor:
@@ -237,9 +242,9 @@ def joint_loss(
     for d in schema.descriptors:
         o = out[d.name].float()
         if d.kind == "discrete":
-            t = batch.cls[d.name]
-            valid = t >= 0
-            ce = nn.functional.cross_entropy(o, t.clamp_min(0), reduction="none")
+            t = batch.soft[d.name]  # (B, C) target distribution; zero row = no label
+            valid = t.sum(dim=1) > 0
+            ce = nn.functional.cross_entropy(o, t, reduction="none")
             loss = (ce * valid).sum() / valid.sum().clamp_min(1)
         else:
             y = batch.reg[d.name]
@@ -459,7 +464,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         "n_test": len(te),
     }
     if cfg.calibrate and schema.discrete:
-        metrics["temperatures"] = fit_temperatures(model, enc_va.x, enc_va.element, enc_va.cls)
+        # soft targets: fitting T to rounded classes would sharpen mixtures toward integers
+        metrics["temperatures"] = fit_temperatures(model, enc_va.x, enc_va.element, enc_va.soft)
     metrics["ood"] = fit_ood(
         model, enc_tr.x, enc_tr.element, enc_va.x, enc_va.element, cfg.ood_quantile
     )
@@ -498,7 +504,11 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     clean = test.get("levels", {}).get("0.0") if isinstance(test, Mapping) else None
     if clean:
         out["test_clean"] = {
-            k: {m: v for m, v in d.items() if m in ("f1_macro", "accuracy", "r2", "mae")}
+            k: {
+                m: v
+                for m, v in d.items()
+                if m in ("f1_macro", "accuracy", "mae_expectation", "r2", "mae")
+            }
             for k, d in clean.items()
             if isinstance(d, Mapping)
         }
