@@ -106,6 +106,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._source = source
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._source.assigned.clear()
         log.info("partitions revoked: %s", ", ".join(f"{t.topic}[{t.partition}]" for t in revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -113,6 +114,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             "partitions assigned: %s", ", ".join(f"{t.topic}[{t.partition}]" for t in assigned)
         )
         self._source._position_assigned(assigned)
+        self._source.assigned.set()
 
 
 class KafkaDocumentSource:
@@ -163,6 +165,11 @@ class KafkaDocumentSource:
         self._last_check = 0.0
         self._last_resolve = 0.0
         self.stats = SourceStats()
+        #: Set once the consumer holds its partition assignment, positioned where reading starts
+        #: (group join finished, or explicit assignment made); cleared on revocation and when the
+        #: client is rebuilt. A producer may wait on it so that its first messages are not
+        #: delayed by the join (``assigned.wait(timeout)``).
+        self.assigned = threading.Event()
 
     # -- connection -------------------------------------------------------------------------
 
@@ -280,6 +287,7 @@ class KafkaDocumentSource:
         consumer.assign(tps)
         log.info("assigned %s", ", ".join(f"{t}[{p}]" for t, p in sorted(wanted)))
         self._position_assigned([tp for tp in tps if (tp.topic, tp.partition) not in current])
+        self.assigned.set()
 
     def _position_assigned(self, tps: list[TopicPartition]) -> None:
         """Seek newly assigned partitions: resume where we left off, else the start options."""
@@ -389,10 +397,11 @@ class KafkaDocumentSource:
         """Poll and hand documents to ``handler`` until ``stop`` is set.
 
         Returns when ``stop`` is set or, if ``idle_timeout_s`` is given, after that many seconds
-        without a message. Undecodable messages go to ``handler.reject``; an
-        :class:`~spt_stream.errors.SptError` raised by the handler is passed to
-        ``handler.reject`` too. Other exceptions from the handler propagate (they are bugs).
-        Broker outages are logged and retried, never raised.
+        without a message while partitions are assigned (time spent joining the group or
+        reconnecting does not count: a backlog waiting behind a slow join is still read).
+        Undecodable messages go to ``handler.reject``; an :class:`~spt_stream.errors.SptError`
+        raised by the handler is passed to ``handler.reject`` too. Other exceptions from the
+        handler propagate (they are bugs). Broker outages are logged and retried, never raised.
         """
         self._owner = threading.get_ident()
         idle_since = time.monotonic()
@@ -407,6 +416,8 @@ class KafkaDocumentSource:
                     batch = consumer.poll(timeout_ms=self._poll_timeout_ms(handler))
                     if not batch:
                         self._watch_connection()
+                    if not self.assigned.is_set():
+                        idle_since = time.monotonic()  # not reading yet: not idle
                 except KafkaError as exc:
                     log.warning(
                         "Kafka poll failed (%s); rebuilding the client in %.1f s", exc, delay
@@ -588,6 +599,7 @@ class KafkaDocumentSource:
     # -- shutdown ---------------------------------------------------------------------------
 
     def _drop_consumer(self) -> None:
+        self.assigned.clear()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:

@@ -157,6 +157,9 @@ class EngineSettings(BaseSettings):
     #: Checkpoint path; None = the model shipped with the package.
     model: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: CPU threads for the model and the numeric kernels (torch, BLAS); None = one per core
+    #: minus one (at least one), leaving a core to the engine's I/O threads.
+    compute_threads: int | None = Field(None, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("beamline")

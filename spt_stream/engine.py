@@ -127,6 +127,11 @@ class Engine:
     def __call__(self, name: str, doc: Mapping[str, Any], position: Position | None = None) -> None:
         if name == "start" and isinstance(doc, Mapping) and isinstance(doc.get("uid"), str):
             self._offsets.run_opened(doc["uid"], position)
+        elif name == "stop":
+            # The stop's own offset must be covered by the commit its run's close makes below
+            # (else a crash right after re-delivers a stop whose run is already closed). An
+            # offset past a run still open is never committed, so this is safe if the stop fails.
+            self._offsets.handled(position)
         self.metrics.documents.labels(name=name if isinstance(name, str) else "?").inc()
         self.ingest(name, doc, position)
         self._offsets.handled(position)
@@ -147,6 +152,20 @@ class Engine:
             self._process(batch)
         if self._commit is not None and self._clock() - self._last_commit >= self._commit_interval:
             self.commit()
+
+    def idle(self) -> None:
+        """The transport has caught up with its input (nothing more is buffered): run the held
+        frames now rather than waiting out the latency cap, then do the periodic work.
+
+        Holding frames only pays while more are already waiting (a backlog, where batches fill
+        at once); live, waiting for the cap adds up to ``max_latency_ms`` to every frame's
+        latency for no gain. Kafka calls this after every poll that returned fewer records
+        than it could have.
+        """
+        pending = self._batcher.flush()
+        if pending:
+            self._process(pending)
+        self.tick()
 
     def time_until_due(self) -> float | None:
         """Seconds until the batcher's latency cap expires (None: nothing pending)."""

@@ -25,7 +25,13 @@ from spt_stream.metrics import EngineMetrics
 from spt_stream.sinks.base import TraceSink
 from spt_stream.sinks.rows import Column2D
 
-__all__ = ["ModelRunner", "Pipeline", "build_pipeline", "prediction_columns"]
+__all__ = [
+    "ModelRunner",
+    "Pipeline",
+    "build_pipeline",
+    "limit_compute_threads",
+    "prediction_columns",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +59,53 @@ def prediction_columns(pred: Any) -> tuple[dict[str, np.ndarray[Any, Any]], dict
     return columns, arrays
 
 
-class ModelRunner:
-    """The engine's view of a :class:`~spt_stream.predictor.Predictor`."""
+def limit_compute_threads(threads: int | None = None) -> int:
+    """Cap the threads of torch and of the BLAS/OpenMP pools numpy and torch use; returns the cap.
 
-    def __init__(self, model: Path | None = None, device: str = "auto") -> None:
+    ``None``: one per usable core minus one (at least one). The engine's thread already keeps a
+    core busy between batches (decoding, assembly) and its sinks and Kafka client run threads of
+    their own; intra-op pools sized to every core then contend with them, and on a loaded
+    machine a spinning OpenMP/BLAS pool whose peer thread is descheduled is catastrophic (on the
+    2-core development machine under load: SPT batch 64 in 1.8 s with 2 threads, 0.11 s with 1;
+    see docs/BENCHMARKS.md). Process-wide.
+    """
+    import torch
+
+    if threads is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        threads = max(1, cores - 1)
+    torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:  # torch's own pool is capped; BLAS keeps its default
+        log.debug("threadpoolctl not installed: BLAS thread pool left at its default")
+    else:
+        threadpool_limits(limits=threads)
+    return threads
+
+
+class ModelRunner:
+    """The engine's view of a :class:`~spt_stream.predictor.Predictor`.
+
+    ``threads`` caps the CPU threads of the model and numeric kernels when the model runs on
+    the CPU (see :func:`limit_compute_threads`; ``None``: cores - 1).
+    """
+
+    def __init__(
+        self, model: Path | None = None, device: str = "auto", threads: int | None = None
+    ) -> None:
         from spt_stream.checkpoint import default_checkpoint_path
         from spt_stream.predictor import Predictor
 
         self.path = Path(model) if model is not None else default_checkpoint_path()
         self.predictor = Predictor.from_checkpoint(model, device=device)
+        if self.predictor.device.type == "cpu":
+            self.threads: int | None = limit_compute_threads(threads)
+        else:
+            self.threads = None
         self.predictor.warmup()
         meta = self.predictor.metadata
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
@@ -128,7 +172,9 @@ def build_pipeline(
     """Model + sinks (Zarr always; Tiled and feedback when configured) + engine."""
     from spt_stream.sinks.threaded import ThreadedSink, ZarrSink
 
-    runner = model or ModelRunner(settings.model, device=settings.device)
+    runner = model or ModelRunner(
+        settings.model, device=settings.device, threads=settings.compute_threads
+    )
     sinks: list[TraceSink] = [ZarrSink(settings.zarr.root, block_rows=settings.zarr.block_rows)]
     tiled = None
     if settings.tiled.url:

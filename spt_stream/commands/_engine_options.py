@@ -51,14 +51,24 @@ def configure_logging(level: str) -> None:
     )
 
 
-def print_summary(console: Console, pipeline: Any, extra: dict[str, Any] | None = None) -> None:
-    """What was done and where it is."""
+def print_summary(
+    console: Console,
+    pipeline: Any,
+    extra: dict[str, Any] | None = None,
+    *,
+    live: bool = True,
+) -> None:
+    """What was done and where it is (``live=False``: no latency, it means nothing in a replay)."""
     snap = pipeline.engine.snapshot()
     ingest = snap["ingest"]
-    console.print(
-        f"[bold]frames analysed[/bold] {snap['frames']}  "
+    latency = (
         f"[bold]latency[/bold] p50 {snap['latency_p50_ms']:.1f} ms, "
         f"p99 {snap['latency_p99_ms']:.1f} ms  "
+        if live
+        else ""
+    )
+    console.print(
+        f"[bold]frames analysed[/bold] {snap['frames']}  {latency}"
         f"[bold]rejected[/bold] {ingest.get('rejected', 0)}"
     )
     root = Path(pipeline.engine.settings.zarr.root).resolve()
@@ -66,10 +76,11 @@ def print_summary(console: Console, pipeline: Any, extra: dict[str, Any] | None 
         console.print(
             f"  run {run['run_uid']}  {run.get('element') or '?'}  frames={run['frames']} "
             f"duplicates={run['duplicates']} status={run['status']}\n"
-            f"    trace: {root / (run['run_uid'] + '.zarr')}"
+            f"    trace: {root / (run['run_uid'] + '.zarr')}",
+            soft_wrap=True,  # a path must stay whole to be copied from a terminal
         )
     dl = pipeline.engine.settings.dead_letter.path
     if ingest.get("rejected", 0) and dl is not None:
-        console.print(f"  dead-letter records: {Path(dl).resolve()}")
+        console.print(f"  dead-letter records: {Path(dl).resolve()}", soft_wrap=True)
     for k, v in (extra or {}).items():
-        console.print(f"  {k}: {v}")
+        console.print(f"  {k}: {v}", soft_wrap=True)

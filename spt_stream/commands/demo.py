@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         except SptError as exc:
             console.print(f"[red]demo failed:[/red] {exc}")
             raise typer.Exit(1) from exc
-        out_console = Console()
+        out_console = Console(soft_wrap=True)  # paths stay whole when copied from a terminal
         out_console.print()
         out_console.print("[bold green]spt-stream demo finished[/bold green]")
         out_console.print(

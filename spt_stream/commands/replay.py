@@ -132,7 +132,7 @@ def register(app: typer.Typer) -> None:
             pipeline.close()
             raise typer.Exit(1) from exc
         pipeline.close()
-        print_summary(console, pipeline)
+        print_summary(console, pipeline, live=False)
 
 
 def _all_partitions(kafka: object, offset: int) -> dict[tuple[str, int], int]:

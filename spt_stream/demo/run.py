@@ -105,6 +105,18 @@ def run_demo(
 
         thread = threading.Thread(target=_consume, name="spt-engine", daemon=True)
         thread.start()
+        # The broker holds a group join for a few seconds; starting the plan before the engine
+        # holds its partition would charge that wait to the first frames' latency.
+        deadline = time.monotonic() + 30.0
+        while not source.assigned.wait(0.1):
+            if errors or time.monotonic() > deadline:
+                break
+        if errors:  # the consumer died while connecting: nothing would read the experiment
+            pipeline.close()
+            source.close()
+            raise errors[0]
+        if not source.assigned.is_set():
+            log.warning("the engine has not joined its consumer group yet; starting anyway")
 
         console.print(
             f"[bold]3/5[/bold] running the operando experiment: {frames} Co K-edge spectra "

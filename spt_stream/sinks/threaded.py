@@ -4,7 +4,11 @@ The Zarr writer costs ~1 ms per array per call whatever the row count (bench/ben
 writing every micro-batch from the engine thread would put 20-40 ms into the path from event to
 feedback. :class:`ThreadedSink` moves the writes to a dedicated thread: the engine only enqueues,
 and under a backlog consecutive batches of one run are joined (``TraceRows.concat``) into writes
-of up to ``coalesce_rows`` rows, which is where Zarr is efficient.
+of up to ``coalesce_rows`` rows, which is where Zarr is efficient. Live, batches are small
+(a few frames): ``max_delay_s`` lets the sink thread wait that long after a write arrives for
+more before writing, so Zarr is written a few times a second rather than once per micro-batch
+(its per-call cost, paid in the engine's process, competes with the path to the feedback
+topic). :class:`ZarrSink` waits 0.2 s; flush, finalize and every other call end the wait.
 
 Backpressure: the queue is bounded; a put blocks while it is full (the engine, hence the
 consumer, slows down), so memory stays bounded. Failures of the inner sink are kept and raised
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -69,10 +74,12 @@ class ThreadedSink:
         name: str = "sink",
         queue_size: int = 64,
         coalesce_rows: int = 512,
+        max_delay_s: float = 0.0,
     ) -> None:
         self.inner = inner
         self.name = name
         self._coalesce = max(1, coalesce_rows)
+        self._max_delay = max(0.0, float(max_delay_s))
         self._queue: BoundedQueue[_Write | _Call] = BoundedQueue(queue_size, name=name)
         self._errors: list[SptError] = []
         self._lock = threading.Lock()
@@ -174,11 +181,18 @@ class ThreadedSink:
             self._write(self._coalesced(item))
 
     def _coalesced(self, first: _Write) -> _Write:
+        """``first`` joined with the writes of the same run queued behind it, up to
+        ``coalesce_rows``; with ``max_delay_s``, waits up to that long after ``first`` for more
+        (a flush, finalize or any other call ends the wait at once)."""
         parts = [first.rows]
         n = len(first.rows)
-        while n < self._coalesce and len(self._queue) > 0:
+        deadline = time.monotonic() + self._max_delay
+        while n < self._coalesce:
+            left = deadline - time.monotonic()
+            if left <= 0 and len(self._queue) == 0:
+                break
             try:
-                nxt = self._queue.get(timeout=0)
+                nxt = self._queue.get(timeout=max(0.0, left))
             except Exception:  # queue.Empty or closed: write what we have
                 break
             if isinstance(nxt, _Write) and nxt.run_uid == first.run_uid:
@@ -215,11 +229,19 @@ class ZarrSink(ThreadedSink):
     """The embedded trace store (:class:`~spt_stream.sinks.zarr_trace.ZarrTraceWriter`) on its
     own thread; also answers which ``seq_num`` s a run's store already holds (resume)."""
 
-    def __init__(self, root: Any, *, block_rows: int = 256, fsync: bool = True, **kw: Any) -> None:
+    def __init__(
+        self,
+        root: Any,
+        *,
+        block_rows: int = 256,
+        fsync: bool = True,
+        max_delay_s: float = 0.2,
+        **kw: Any,
+    ) -> None:
         from spt_stream.sinks.zarr_trace import ZarrTraceWriter
 
         self.writer = ZarrTraceWriter(root, block_rows=block_rows, fsync=fsync)
-        super().__init__(self.writer, name="zarr", **kw)
+        super().__init__(self.writer, name="zarr", max_delay_s=max_delay_s, **kw)
 
     def committed_seq_nums(self, run_uid: str) -> set[int]:
         from spt_stream.sinks.zarr_trace import committed_seq_nums, trace_path

@@ -1,0 +1,215 @@
+"""The delivery guarantee with real processes: ``spt-stream run`` SIGKILLed and restarted.
+
+A run of 300 Co K-edge frames (400-point spectra, ``md["spt"]``) is produced into a topic on the
+test broker in stages. ``spt-stream run`` (a subprocess, consumer group ``resume``) is killed with
+SIGKILL at seeded random points while it processes them, and restarted each time; a second run
+is produced after the first and one kill lands inside it. A last instance then drains the topic
+(``--stop-after-idle``). Its traces must equal those of an uninterrupted instance reading the
+same topic with another group into another directory: every ``seq_num`` exactly once, the same
+columns, the inputs to the model (``norm``, ``e0``, event scalars) bit-identical, the model
+outputs equal within float32 tolerance (batches differ: see
+``tests/test_engine_pipeline.py::test_replay_gives_the_live_trace``), status ``success``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from spt_stream.publish import KafkaDocumentPublisher
+from spt_stream.sinks.zarr_trace import open_trace
+from tests._spectra_docs import Docs, compose_docs
+
+SPT_BIN = Path(sys.executable).with_name("spt-stream")
+#: Seed of the kill points (and of the spectra noise).
+SEED = 20240611
+RUN_A_FRAMES = 300
+RUN_B_FRAMES = 60
+#: Bound on any single wait in this test (a hung engine fails the test instead of hanging it).
+WAIT_S = 60.0
+
+
+def n_rows(root: Path, run_uid: str) -> int:
+    """Committed rows of a run's trace store right now (0 while it does not exist)."""
+    meta = root / f"{run_uid}.zarr" / "zarr.json"
+    try:
+        return int(json.loads(meta.read_text())["attributes"].get("n_rows", 0))
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+class Engines:
+    """``spt-stream run`` subprocesses started by the test; all are killed at the end."""
+
+    def __init__(self, bootstrap: str, topic: str, workdir: Path) -> None:
+        self.bootstrap, self.topic, self.workdir = bootstrap, topic, workdir
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, group: str, zarr: Path, name: str) -> subprocess.Popen[str]:
+        log = (self.workdir / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            [
+                str(SPT_BIN), "run",
+                "--bootstrap-servers", self.bootstrap,
+                "--topic", self.topic,
+                "--group-id", group,
+                "--zarr", str(zarr),
+                "--no-status",
+                "--stop-after-idle", "3",
+                "--log-level", "WARNING",
+            ],
+            cwd=self.workdir,  # the default dead-letter file lands here
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "SPT_DEVICE": "cpu"},
+        )  # fmt: skip
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text()
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def wait_until(cond: Callable[[], bool], what: str, proc: subprocess.Popen[str]) -> None:
+    """Poll ``cond`` every 5 ms; fail if ``proc`` exits first or ``WAIT_S`` passes."""
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"engine exited (rc={proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def engines(kafka_bootstrap: str, kafka_topic: str, tmp_path: Path) -> Iterator[Engines]:
+    """Starts engine subprocesses on the test topic; none outlives the test."""
+    e = Engines(kafka_bootstrap, kafka_topic, tmp_path)
+    try:
+        yield e
+    finally:
+        e.kill_all()
+
+
+def assert_same_trace(resumed: xr.Dataset, reference: xr.Dataset, n: int) -> None:
+    """Resumed and uninterrupted traces hold the same frames, columns and values."""
+    assert resumed["seq_num"].values.tolist() == list(range(1, n + 1))
+    assert reference["seq_num"].values.tolist() == list(range(1, n + 1))
+    assert set(resumed.variables) == set(reference.variables)
+    assert resumed.attrs["status"] == reference.attrs["status"] == "success"
+    assert resumed.attrs["n_rows"] == n
+    model = reference.attrs["model"]
+    outputs = {
+        str(v)
+        for v in reference.variables
+        for d in model["descriptors"]
+        if v == d or str(v).startswith(d + "_")
+    } | {"ood_score"}
+    for name in ("norm", "e0", "edge_step", "flags", "cell_potential", "cell_current", "time"):
+        assert name in reference.variables, name
+    for var in reference.variables:
+        name = str(var)
+        a, b = resumed[name].values, reference[name].values
+        if name in outputs and a.dtype.kind == "f":
+            # float32 network arithmetic depends on which frames share a batch
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4, err_msg=name)
+        elif name == "ood":
+            # the flag may only differ where the score sits on the threshold
+            score = reference["ood_score"].values
+            firm = np.abs(score - float(model["ood_threshold"])) > 1e-3
+            np.testing.assert_array_equal(a[firm], b[firm], err_msg="ood")
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_sigkilled_engine_resumes_to_the_uninterrupted_trace(
+    engines: Engines, kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    """Three SIGKILLs while ``spt-stream run`` processes (two in run A, one in run B), restarts
+    from the committed offsets, a final instance: both traces equal an uninterrupted run's."""
+    rng = random.Random(SEED)
+    uid_a, docs_a = compose_docs(RUN_A_FRAMES, seed=1)
+    uid_b, docs_b = compose_docs(RUN_B_FRAMES, seed=2)
+    resumed, reference = tmp_path / "resumed", tmp_path / "reference"
+    pub = KafkaDocumentPublisher(kafka_bootstrap, kafka_topic)
+    # stage ends (index into docs_a, exclusive): start + descriptor + a first block of events
+    cut1 = 2 + rng.randint(90, 130)
+    cut2 = cut1 + rng.randint(90, 120)
+
+    def produce(docs: Docs) -> None:
+        for name, doc in docs:
+            pub(name, doc)
+        pub.flush()
+
+    kills: list[tuple[str, int, int]] = []  # (run uid, rows at kill, frames available)
+
+    def kill_after_growth(run_uid: str, available: int, name: str) -> None:
+        """Start an instance; SIGKILL it once it has committed a random number of new rows."""
+        before = n_rows(resumed, run_uid)
+        proc = engines.start("resume", resumed, name)
+        target = before + rng.randint(1, max(1, (available - before) // 2))
+        wait_until(lambda: n_rows(resumed, run_uid) >= target, f"{name}: {target} rows", proc)
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL, engines.log(name)
+        kills.append((run_uid, n_rows(resumed, run_uid), available))
+
+    # run A, first part: killed once while working through it
+    produce(docs_a[:cut1])
+    kill_after_growth(uid_a, cut1 - 2, "kill1")
+    # more of run A: killed again mid-run (it resumes from run A's start offset)
+    produce(docs_a[cut1:cut2])
+    kill_after_growth(uid_a, cut2 - 2, "kill2")
+    # the rest of run A, and the first part of run B: killed inside run B
+    cut_b = 2 + rng.randint(25, 45)
+    produce(docs_a[cut2:] + docs_b[:cut_b])
+    kill_after_growth(uid_b, cut_b - 2, "kill3")
+    produce(docs_b[cut_b:])
+    pub.close()
+
+    final = engines.start("resume", resumed, "final")
+    uninterrupted = engines.start("reference", reference, "reference")
+    for proc, name in ((final, "final"), (uninterrupted, "reference")):
+        try:
+            rc = proc.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name} instance did not stop after idling")
+        assert rc == 0, engines.log(name)
+
+    assert len(kills) == 3
+    # at least one kill hit an instance with frames still to process (not idle)
+    assert any(rows < available for _, rows, available in kills), kills
+    # a kill landed inside each run, before its stop document was produced
+    assert {uid for uid, _, _ in kills} == {uid_a, uid_b}
+    for uid, n in ((uid_a, RUN_A_FRAMES), (uid_b, RUN_B_FRAMES)):
+        assert_same_trace(
+            open_trace(resumed / f"{uid}.zarr").load(),
+            open_trace(reference / f"{uid}.zarr").load(),
+            n,
+        )
+    # every document was accepted by every instance: no re-read stop of a closed run, no error
+    dead_letter = tmp_path / "spt-dead-letter.jsonl"
+    assert not dead_letter.exists() or dead_letter.read_text() == ""
+    # the final instance skipped the frames its killed predecessors had already stored
+    assert re.search(r"duplicates=[1-9]", engines.log("final")), engines.log("final")
