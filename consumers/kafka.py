@@ -190,13 +190,8 @@ class KafkaDocumentSource:
             "reconnect_backoff_max_ms": s.reconnect_backoff_max_ms,
             "request_timeout_ms": s.request_timeout_ms,
             "allow_auto_create_topics": False,
-            "security_protocol": s.security_protocol,
+            **s.security_kwargs(),
         }
-        if s.sasl_mechanism:
-            cfg["sasl_mechanism"] = s.sasl_mechanism
-            cfg["sasl_plain_username"] = s.sasl_username
-            if s.sasl_password is not None:
-                cfg["sasl_plain_password"] = s.sasl_password.get_secret_value()
         return cfg
 
     def _new_consumer(self, bootstrap_timeout_ms: int) -> KafkaConsumer:

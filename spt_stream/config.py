@@ -73,6 +73,17 @@ class KafkaSettings(_Frozen):
     sasl_password: SecretStr | None = None
     client_id: str = "spt-stream"
 
+    def security_kwargs(self) -> dict[str, Any]:
+        """kafka-python client arguments for the security settings (the secret unwrapped here,
+        at the one place it is handed to the client)."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            out["sasl_mechanism"] = self.sasl_mechanism
+            out["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                out["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        return out
+
 
 class AssemblySettings(_Frozen):
     """How runs are turned into frames when their start document does not say (``md["spt"]``)."""

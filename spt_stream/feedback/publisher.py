@@ -132,12 +132,7 @@ class FeedbackPublisher:
         from kafka import KafkaProducer
 
         kafka = kafka or KafkaSettings()
-        security: dict[str, Any] = {"security_protocol": kafka.security_protocol}
-        if kafka.sasl_mechanism:
-            security["sasl_mechanism"] = kafka.sasl_mechanism
-            security["sasl_plain_username"] = kafka.sasl_username
-            if kafka.sasl_password is not None:
-                security["sasl_plain_password"] = kafka.sasl_password.get_secret_value()
+        security = kafka.security_kwargs()
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap_servers.split(","),
