@@ -9,14 +9,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+import tiled.server  # noqa: F401  (the tiled-server extra; missing = a failure, not a skip)
 
 from spt_stream.errors import SinkError
 from spt_stream.sinks.arrow_rows import TableLayout, merge_ranges, seq_ranges
 from spt_stream.sinks.base import TraceSink
 from spt_stream.sinks.rows import Column2D, TraceRows
 from spt_stream.sinks.tiled_trace import TiledTraceWriter
-
-pytest.importorskip("tiled.server", reason="needs tiled's server extras")
 
 CLASSES = np.array([2.0, 3.0, 4.0])
 GRID = np.linspace(-20.0, 60.0, 100)
