@@ -198,8 +198,12 @@ def test_sigkilled_engine_resumes_to_the_uninterrupted_trace(
         assert rc == 0, engines.log(name)
 
     assert len(kills) == 3
-    # at least one kill hit an instance with frames still to process (not idle)
-    assert any(rows < available for _, rows, available in kills), kills
+    # Every kill lands after the instance committed new rows of an open run and before that
+    # run's stop exists, so each restart must resume from the run's start offset and skip what
+    # the trace holds. Whether a kill also lands between two Zarr writes depends on timing (the
+    # Zarr sink coalesces writes for up to 0.2 s); kills inside a write are covered by
+    # tests/test_zarr_trace.py::test_crash_safety_sigkill_at_random_points.
+    assert all(rows > 0 for _, rows, _ in kills), kills
     # a kill landed inside each run, before its stop document was produced
     assert {uid for uid, _, _ in kills} == {uid_a, uid_b}
     for uid, n in ((uid_a, RUN_A_FRAMES), (uid_b, RUN_B_FRAMES)):
