@@ -103,12 +103,10 @@ def register(app: typer.Typer) -> None:
                 src = KafkaDocumentSource(
                     kafka,
                     start_timestamp_ms=int(from_time * 1000) if from_time is not None else None,
-                    start_offsets=None,
+                    start_offsets=(
+                        _all_partitions(kafka, from_offset) if from_offset is not None else None
+                    ),
                 )
-                if from_offset is not None:
-                    src = KafkaDocumentSource(
-                        kafka, start_offsets=_all_partitions(kafka, from_offset)
-                    )
                 src.run(pipeline.engine, threading.Event(), idle_timeout_s=2.0)
                 src.close()
             else:
