@@ -439,20 +439,38 @@ class RunAssembler(DocumentRouter):
         )
 
 
+#: Largest seq_num a trace stores (its seq_num column is int64).
+MAX_SEQ_NUM = 2**63 - 1
+#: Event times must lie in [0, MAX_EVENT_TIME) seconds since the epoch (year ~5138): a larger
+#: finite value (e.g. a flipped exponent bit) cannot be stored as a datetime by readers.
+MAX_EVENT_TIME = 1e11
+
+
 def _ids(doc: Any) -> tuple[int, float]:
-    """An event's ``(seq_num, time)``, strictly typed (no string or bool coercion)."""
+    """An event's ``(seq_num, time)``, strictly typed (no string or bool coercion) and in the
+    ranges a trace can store (seq_num 0..2**63-1, time 0..1e11 s since the epoch)."""
     seq, t = doc["seq_num"], doc["time"]
-    if type(seq) is int and type(t) is float:
-        return seq, t
-    if not isinstance(seq, int | np.integer) or isinstance(seq, bool):
+    if type(seq) is not int or type(t) is not float:
+        if not isinstance(seq, int | np.integer) or isinstance(seq, bool):
+            raise DocumentError(
+                f"event seq_num is a {type(seq).__name__}, not an int",
+                detail={"reason": "bad_field"},
+            )
+        if not isinstance(t, _NUMBER) or isinstance(t, bool) or not np.isfinite(t):
+            raise DocumentError(
+                f"event time is {t!r}, not a finite number", detail={"reason": "bad_field"}
+            )
+        seq, t = int(seq), float(t)
+    if not 0 <= seq <= MAX_SEQ_NUM:
         raise DocumentError(
-            f"event seq_num is a {type(seq).__name__}, not an int", detail={"reason": "bad_field"}
+            f"event seq_num {seq} is outside 0..2**63-1", detail={"reason": "bad_field"}
         )
-    if not isinstance(t, _NUMBER) or isinstance(t, bool) or not np.isfinite(t):
+    if not 0.0 <= t < MAX_EVENT_TIME:
         raise DocumentError(
-            f"event time is {t!r}, not a finite number", detail={"reason": "bad_field"}
+            f"event time {t!r} is not a time since the epoch (0 <= t < {MAX_EVENT_TIME:g})",
+            detail={"reason": "bad_field"},
         )
-    return int(seq), float(t)
+    return seq, t
 
 
 def seq_num_of(doc: Any) -> int | None:
