@@ -121,6 +121,9 @@ class BatchSettings(_Frozen):
 
     max_size: int = Field(64, ge=1)
     max_latency_ms: float = Field(20.0, ge=0.0)
+    #: Run the model and the sink hand-off on a second thread, overlapping the next batch's
+    #: decoding, assembly and normalization (see spt_stream.engine).
+    overlap: bool = True
 
 
 class ZarrSettings(_Frozen):
@@ -171,6 +174,10 @@ class EngineSettings(BaseSettings):
     #: CPU threads for the model and the numeric kernels (torch, BLAS); None = one per core
     #: minus one (at least one), leaving a core to the engine's I/O threads.
     compute_threads: int | None = Field(None, ge=1)
+    #: Run the model through ``torch.compile`` (TorchInductor): on CPU ~3x faster at batch 1
+    #: and ~1.6x at batch 64 (docs/BENCHMARKS.md), for a one-time compile of ~25 s per batch
+    #: shape (4 shapes at the default batch size) when the on-disk cache is cold, seconds after.
+    compile_model: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("beamline")

@@ -8,16 +8,27 @@ latency cap, flush at every stop document) -> :func:`~spt_stream.normalize.norma
 (batched) -> predictor (one forward per batch) -> every :class:`~spt_stream.sinks.base.TraceSink`
 (Zarr first, then Tiled and feedback, which queue in the background).
 
+With ``batch.overlap`` (the default) the last two steps, model and sink hand-off, run on a
+second thread (:class:`_BatchWorker`) while the transport's thread decodes, assembles and
+normalizes the next batch: on a 2-core machine the model's forward pass (which releases the
+GIL) no longer adds to the rest of the per-frame cost. The worker holds at most one batch
+running and one waiting; every point that must see all earlier batches written (a run's stop,
+offset commits, sink flushes, close) first waits for it to drain, and an error raised there
+(e.g. the primary trace failing) is raised again on the transport's thread.
+
 Backpressure is structural: the transport calls the engine synchronously, so a slow batch or a
-full sink queue slows the consumer, and memory stays bounded by the batch size and the sinks'
-queue sizes. Kafka offsets are committed through ``commit`` only after every sink has flushed what
-they cover (see :mod:`spt_stream.offsets`); frames whose ``seq_num`` the primary trace already
-holds (a re-delivery after a crash) are skipped before the model runs.
+full sink queue slows the consumer, and memory stays bounded by the batch size, the worker's
+two-batch queue and the sinks' queue sizes. Kafka offsets are committed through ``commit``
+only after every sink has flushed what they cover (see :mod:`spt_stream.offsets`); frames
+whose ``seq_num`` the primary trace already holds (a re-delivery after a crash) are skipped
+before the model runs.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +40,12 @@ from spt_stream._version import __version__
 from spt_stream.batching import MicroBatcher
 from spt_stream.config import EngineSettings
 from spt_stream.deadletter import DeadLetterSink
-from spt_stream.errors import SinkError, SptError
+from spt_stream.errors import SptError
 from spt_stream.frames import Frame, RunInfo
 from spt_stream.ingest import DocumentIngest
-from spt_stream.metrics import EngineMetrics
+from spt_stream.metrics import EngineMetrics, sink_queues
 from spt_stream.normalize import NormParams, normalize_frames
+from spt_stream.normalize.frames import NormalizedBatch
 from spt_stream.offsets import OffsetTracker, TopicPartition
 from spt_stream.protocols import Position
 from spt_stream.sinks.base import TraceSink
@@ -56,6 +68,163 @@ class Predictor(Protocol):
     def predict_columns(
         self, norm: np.ndarray[Any, Any], elements: Sequence[str | None]
     ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Column2D]]: ...
+
+
+# A predictor may also offer ``thread_init()``: called first on the model thread (OpenMP thread
+# caps are per thread: without it, torch on a new thread runs at the default pool size).
+
+
+class _BatchWorker:
+    """One background thread running ``work(item)`` in submission order (see module doc)."""
+
+    def __init__(
+        self,
+        work: Callable[[Any], None],
+        name: str = "spt-model",
+        thread_init: Callable[[], object] | None = None,
+    ) -> None:
+        self._work = work
+        self._thread_init = thread_init
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._done = threading.Condition()
+        self.submitted = 0
+        self._completed = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        if self._thread_init is not None:
+            try:
+                self._thread_init()
+            except Exception as exc:  # a slower model thread is no reason to stop
+                log.error("model thread set-up failed: %s", exc)
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._work(item)
+            except BaseException as exc:  # re-raised on the caller's thread
+                if self._error is None:
+                    self._error = exc
+                else:
+                    log.error("batch failed (an earlier failure is not reported yet): %s", exc)
+            finally:
+                if item is not None:
+                    with self._done:
+                        self._completed += 1
+                        self._done.notify_all()
+                self._queue.task_done()
+
+    def _raise_pending(self) -> None:
+        err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    def submit(self, item: Any) -> None:
+        """Queue ``item`` (blocks while one batch runs and one waits), then raise what an
+        earlier batch raised meanwhile (``item`` itself is queued either way)."""
+        if self._closed:
+            raise RuntimeError("batch worker is closed")
+        self.submitted += 1
+        self._queue.put(item)
+        self._raise_pending()
+
+    def wait_for(self, target: int, timeout: float | None = None) -> bool:
+        """Wait until ``target`` submitted batches have run (from any thread; raises nothing)."""
+        with self._done:
+            return self._done.wait_for(lambda: self._completed >= target, timeout)
+
+    def drain(self) -> None:
+        """Wait until everything submitted has run; raise what failed meanwhile."""
+        self._queue.join()
+        self._raise_pending()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+
+
+@dataclass
+class _CommitJob:
+    """Offsets to commit once every sink has flushed what was handed to it before ``batches``
+    model-thread batches (taken on the transport's thread), and runs whose stop was handled
+    then: they count as closed for the offsets once this flush succeeded."""
+
+    offsets: dict[TopicPartition, int]
+    closing: list[str]
+    batches: int
+    flushed: bool = False
+    committed: bool = False
+
+
+class _Committer:
+    """Flush the sinks and commit offsets on a thread of its own.
+
+    A flush waits for the slowest sink (Tiled behind a slow server or a feedback topic waiting
+    for Tiled's barrier at a stop document: seconds); on the transport's thread that wait stalls
+    every frame of every run. Here the transport only takes the snapshot (``_CommitJob``) and
+    picks up the result at a later tick, one job at a time. The offset bookkeeping stays on the
+    transport's thread.
+    """
+
+    def __init__(self, run: Callable[[_CommitJob], None]) -> None:
+        self._run = run
+        self._lock = threading.Lock()
+        self._job: _CommitJob | None = None
+        self._done: _CommitJob | None = None
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="spt-commit", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return not self._idle.is_set()
+
+    def submit(self, job: _CommitJob) -> None:
+        with self._lock:
+            if self._job is not None or self._done is not None:
+                raise RuntimeError("one commit job at a time")
+            self._job = job
+            self._idle.clear()
+        self._wake.set()
+
+    def take_result(self) -> _CommitJob | None:
+        with self._lock:
+            done, self._done = self._done, None
+            return done
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                job = self._job
+            if job is not None:
+                try:
+                    self._run(job)
+                except Exception as exc:  # never lose the thread; the job counts as failed
+                    log.error("offset commit failed: %s", exc)
+                with self._lock:
+                    self._job, self._done = None, job
+                self._idle.set()
+            if self._stopping:
+                return
 
 
 @dataclass
@@ -112,6 +281,17 @@ class Engine:
         self._params = NormParams.from_settings(settings.normalization)
         self._batcher: MicroBatcher[Frame] = MicroBatcher(settings.batch, clock=clock)
         self._offsets = OffsetTracker()
+        self._worker = (
+            _BatchWorker(
+                self._predict_and_write, thread_init=getattr(predictor, "thread_init", None)
+            )
+            if settings.batch.overlap
+            else None
+        )
+        self.metrics.watch_sinks(self.sinks)  # queue depth / blocked time, read at scrape
+        #: Runs whose stop was handled, not yet known durable in every sink.
+        self._closing: list[str] = []
+        self._committer = _Committer(self._flush_and_commit) if commit is not None else None
         self.runs: dict[str, RunProgress] = {}
         self._finished: list[RunProgress] = []
         self._config_snapshot = settings.public_dump()
@@ -172,25 +352,89 @@ class Engine:
         return self._batcher.time_until_due()
 
     def commit(self) -> None:
-        """Flush every sink, then commit the offsets that flush made safe."""
+        """Take the result of the last commit job, and start the next one when there is
+        something to commit (non-blocking; see :class:`_Committer`): it flushes every sink,
+        then commits the offsets that flush made safe."""
         self._last_commit = self._clock()
-        if self._commit is None:
+        committer = self._committer
+        if committer is None:
             return
-        offsets = self._offsets.committable()
-        if not offsets:
+        done = committer.take_result()
+        if done is not None:
+            self._apply(done)
+        if committer.busy:
             return
+        job = self._next_job()
+        if job is not None:
+            committer.submit(job)
+
+    def commit_now(self, timeout: float | None = 60.0) -> None:
+        """Commit synchronously what is committable now (waits for the sinks' flush)."""
+        committer = self._committer
+        if committer is None:
+            return
+        for _ in range(3):  # the running job; one closing runs; one for the offsets they free
+            if not committer.wait_idle(timeout):
+                log.error("offset commit still running after %s s; not waiting longer", timeout)
+                return
+            done = committer.take_result()
+            if done is not None:
+                self._apply(done)
+            job = self._next_job()
+            if job is None:
+                return
+            committer.submit(job)
+
+    def _next_job(self) -> _CommitJob | None:
+        closing, self._closing = self._closing, []
+        # A job closing runs commits nothing itself: the next one commits past those runs.
+        offsets = {} if closing else self._offsets.committable()
+        if not offsets and not closing:
+            return None
+        batches = self._worker.submitted if self._worker is not None else 0
+        return _CommitJob(offsets=offsets, closing=closing, batches=batches)
+
+    def _flush_and_commit(self, job: _CommitJob) -> None:
+        """The committer thread's work (touches no engine state but the job)."""
+        if self._worker is not None:
+            self._worker.wait_for(job.batches)
         try:
-            self.flush_sinks()
-        except SinkError as exc:
+            for sink in self.sinks:
+                sink.flush(30.0)
+        except SptError as exc:
             log.error("not committing offsets: a sink could not flush: %s", exc)
             return
-        if self._commit(offsets) is False:
-            log.warning("offset commit refused; will retry: %s", offsets)
-            return
-        self._offsets.mark_committed(offsets)
-        self.metrics.commits.inc()
+        job.flushed = True
+        if job.offsets and self._commit is not None:
+            if self._commit(job.offsets) is False:
+                log.warning("offset commit refused; will retry: %s", job.offsets)
+                return
+            job.committed = True
+
+    def _apply(self, job: _CommitJob) -> None:
+        """A finished job's effect on the offset bookkeeping (transport's thread)."""
+        if job.committed:
+            self._offsets.mark_committed(job.offsets)
+            self.metrics.commits.inc()
+        if job.flushed:
+            for uid in job.closing:
+                self._offsets.run_closed(uid)
+            if job.closing:  # their offsets are committable now: do not wait the interval
+                self._last_commit = self._clock() - self._commit_interval
+        elif job.closing:
+            log.error(
+                "runs %s: sinks not flushed after their stop; their offsets stay uncommitted "
+                "(a restart re-reads them)",
+                job.closing,
+            )
+
+    def drain(self) -> None:
+        """Wait until every batch handed to the model thread has been written to the sinks."""
+        if self._worker is not None:
+            self._worker.drain()
 
     def flush_sinks(self, timeout: float | None = 30.0) -> None:
+        self.drain()
         for sink in self.sinks:
             sink.flush(timeout)
 
@@ -201,9 +445,21 @@ class Engine:
         and their start offsets stay uncommitted so a restart re-reads them.
         """
         pending = self._batcher.flush()
-        if pending:
-            self._process(pending)
-        self.commit()
+        failed = False
+        try:
+            if pending:
+                self._process(pending)
+            self.drain()
+        except SptError as exc:  # still close the sinks (what they hold is kept)
+            failed = True
+            log.error("last batches not written at close, offsets not committed: %s", exc)
+        finally:
+            if self._worker is not None:
+                self._worker.close()
+        if not failed:
+            self.commit_now()
+        if self._committer is not None:
+            self._committer.close()
         for sink in self.sinks:
             try:
                 sink.close()
@@ -261,6 +517,7 @@ class Engine:
         pending = self._batcher.flush()
         if pending:
             self._process(pending)
+        self.drain()
         status = str(stop.get("exit_status", "unknown"))
         known = self.runs.get(run_uid)
         writable = known is not None and known.status != "failed"
@@ -277,20 +534,16 @@ class Engine:
             progress.status = status
             self._finished.append(progress)
             del self._finished[:-32]
-        try:
-            self.flush_sinks()
-        except SinkError as exc:
-            log.error(
-                "run %s: sinks not flushed at stop, offsets stay uncommitted: %s", run_uid, exc
-            )
-        else:
-            self._offsets.run_closed(run_uid)
+        # Durable once the next commit job has flushed every sink (off this thread: Tiled or
+        # the feedback barrier may take seconds); then its offsets become committable.
+        if self._committer is not None:
+            self._closing.append(run_uid)
         self.metrics.open_runs.set(len(self.runs))
-        if self._commit is not None:
-            self.commit()
+        self.commit()
 
     # -- the batch path ------------------------------------------------------------------------
     def _process(self, frames: list[Frame]) -> None:
+        """Normalize here; model and sink writes here or on the model thread (``overlap``)."""
         t0 = time.perf_counter()
         self.metrics.pending_frames.set(len(self._batcher))
         normed = normalize_frames(
@@ -299,6 +552,13 @@ class Engine:
             calibrate_from_reference=self.settings.normalization.calibrate_from_reference,
             energy_shift=self.settings.normalization.energy_shift,
         )
+        if self._worker is None:
+            self._predict_and_write((frames, normed, t0))
+        else:
+            self._worker.submit((frames, normed, t0))
+
+    def _predict_and_write(self, item: tuple[list[Frame], NormalizedBatch, float]) -> None:
+        frames, normed, t0 = item
         columns, arrays = self.predictor.predict_columns(normed.norm, [f.element for f in frames])
         columns = {
             **columns,
@@ -336,13 +596,19 @@ class Engine:
 
     # -- status --------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Numbers for the live status view (frames, latency quantiles, runs)."""
+        """Numbers for the live status view (frames, latency quantiles, runs), and the sinks'
+        queues: ``sinks`` (depth, capacity, high-water mark, ``blocked``, ``blocked_s`` per
+        queued sink, see :func:`spt_stream.metrics.sink_queues`) and ``backpressure`` (True
+        while the engine waits on a full sink queue)."""
         p50, p99 = self.metrics.window.quantiles((0.5, 0.99))
+        queues = sink_queues(self.sinks)
         return {
             "frames": int(self.metrics.frames._value.get()),
             "latency_p50_ms": p50 * 1e3,
             "latency_p99_ms": p99 * 1e3,
             "pending": len(self._batcher),
+            "sinks": queues,
+            "backpressure": any(q["blocked"] for q in queues),
             "ingest": self.ingest.counts.as_dict(),
             "runs": [
                 {

@@ -4,19 +4,91 @@ Counters and gauges live in a private ``prometheus_client.CollectorRegistry`` pe
 engines in one process never collide). Latency (event time -> results written) is recorded both
 in a Prometheus histogram (what a facility scrapes and aggregates) and in a bounded sliding window
 from which the status view computes p50/p99 exactly over the recent frames.
+
+Sinks behind a bounded queue (:class:`~spt_stream.sinks.threaded.ThreadedSink`, the Tiled
+writer) are read at scrape time once :meth:`EngineMetrics.watch_sinks` names them: per sink
+(label ``sink``) the queue's depth, capacity and high-water mark, whether the engine is blocked
+on it right now, and the seconds it has spent blocked (backpressure; see :func:`sink_queues`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
-__all__ = ["EngineMetrics", "LatencyWindow"]
+__all__ = ["EngineMetrics", "LatencyWindow", "sink_queues"]
+
+#: Keys of a sink's ``stats`` that describe its queue (sinks without a queue have none).
+_QUEUE_KEYS = ("queue_capacity", "queue_depth", "queue_high_water", "blocked", "blocked_s")
+
+
+def sink_queues(sinks: Sequence[Any]) -> list[dict[str, Any]]:
+    """The queue of every sink that has one, from its ``stats``: ``name``, ``queue_capacity``,
+    ``queue_depth``, ``queue_high_water`` (in the sink's unit: batches for a ThreadedSink,
+    rows for Tiled), ``blocked`` (bool: the engine waits on the full queue now) and
+    ``blocked_s`` (seconds it has waited in all). Sinks whose stats fail are left out."""
+    out: list[dict[str, Any]] = []
+    for i, sink in enumerate(sinks):
+        try:
+            stats: Mapping[str, Any] = sink.stats
+        except Exception:  # a broken stats property must not break a scrape or the view
+            continue
+        if "queue_depth" not in stats:
+            continue
+        name = getattr(sink, "name", None)
+        entry: dict[str, Any] = {"name": name if isinstance(name, str) else f"sink{i}"}
+        for key in _QUEUE_KEYS:
+            entry[key] = stats.get(key, 0)
+        entry["blocked"] = bool(entry["blocked"])
+        entry["blocked_s"] = float(entry["blocked_s"])
+        out.append(entry)
+    return out
+
+
+class _SinkQueueCollector(Collector):
+    """Reads the watched sinks' queues at scrape time (see :func:`sink_queues`)."""
+
+    def __init__(self) -> None:
+        self.sinks: list[Any] = []
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families depend on the sinks: let the registry collect to check names
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "queue_depth": GaugeMetricFamily(
+                "spt_sink_queue_depth", "Items queued for background sinks", labels=["sink"]
+            ),
+            "queue_capacity": GaugeMetricFamily(
+                "spt_sink_queue_capacity", "Bound of each sink queue", labels=["sink"]
+            ),
+            "queue_high_water": GaugeMetricFamily(
+                "spt_sink_queue_high_water", "Deepest each sink queue has been", labels=["sink"]
+            ),
+            "blocked": GaugeMetricFamily(
+                "spt_sink_blocked",
+                "1 while the engine waits for room in the sink's full queue (backpressure)",
+                labels=["sink"],
+            ),
+            "blocked_s": CounterMetricFamily(
+                "spt_sink_blocked_seconds",
+                "Seconds the engine waited for room in the sink's queue (backpressure)",
+                labels=["sink"],
+            ),
+        }
+        for q in sink_queues(self.sinks):
+            for key, family in families.items():
+                family.add_metric([q["name"]], float(q[key]))
+        yield from families.values()
+
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,9 +136,8 @@ class EngineMetrics:
         self.pending_frames = Gauge(
             "spt_pending_frames", "Frames waiting in the micro-batcher", registry=r
         )
-        self.sink_queue_depth = Gauge(
-            "spt_sink_queue_depth", "Items queued for background sinks", ["sink"], registry=r
-        )
+        self._sink_queues = _SinkQueueCollector()
+        r.register(self._sink_queues)
         self.lag = Gauge("spt_consumer_lag", "Messages behind the log end", registry=r)
         self.latency = Histogram(
             "spt_frame_latency_seconds",
@@ -81,6 +152,10 @@ class EngineMetrics:
             registry=r,
         )
         self.window = LatencyWindow()
+
+    def watch_sinks(self, sinks: Sequence[Any]) -> None:
+        """Expose the queues of ``sinks`` (read at every scrape); replaces earlier sinks."""
+        self._sink_queues.sinks = list(sinks)
 
     def observe_latencies(self, values: Iterable[float]) -> None:
         vals = list(values)

@@ -6,8 +6,10 @@ when ``None``); :meth:`Predictor.predict` runs ONE forward pass per call (inputs
 :class:`PredictionBatch`. On CUDA the input goes through a pinned host buffer with a
 non-blocking copy, the forward runs under bf16 autocast unless ``precision="fp32"``, and all
 outputs come back in one device-to-host copy. ``compile=True`` wraps the model in
-``torch.compile`` and pads each batch to the next power of two (a bounded set of static
-shapes; rows do not interact, so padding never changes a real row's result).
+``torch.compile`` and pads each batch to the next power of four (a bounded set of static
+shapes, :meth:`Predictor.bucket_sizes`, each compiled once at warm-up; rows do not interact, so
+padding never changes a real row's result). Compiling costs about 25 s per shape on one CPU core
+the first time; TorchInductor caches the result on disk, so later starts take seconds.
 
 Rows with non-finite input are not sent through the network's result: they come back with NaN
 descriptors, ``valid=False`` and ``ood=True``, so one bad frame never spoils its batch.
@@ -136,8 +138,25 @@ class Predictor:
     def element_indices(self, elements: Sequence[str]) -> npt.NDArray[np.int64]:
         return np.array([self.model.cfg.element_index(str(e)) for e in elements], dtype=np.int64)
 
-    def warmup(self, batch_sizes: Sequence[int] = (1, 64)) -> None:
-        """Run dummy batches so first real frames do not pay for allocation/compilation."""
+    def bucket_sizes(self, up_to: int | None = None) -> tuple[int, ...]:
+        """Batch shapes a compiled model runs (powers of four, then ``max_batch``)."""
+        top = min(self.max_batch, up_to) if up_to is not None else self.max_batch
+        sizes = [1]
+        while sizes[-1] < top:
+            sizes.append(min(sizes[-1] * 4, self.max_batch))
+        return tuple(sizes)
+
+    def _padded(self, b: int) -> int:
+        return next((s for s in self.bucket_sizes() if s >= b), b)
+
+    def warmup(self, batch_sizes: Sequence[int] | None = None, up_to: int = 64) -> None:
+        """Run dummy batches so first real frames do not pay for allocation/compilation.
+
+        ``None``: sizes 1 and ``up_to``, or, compiled, every bucket up to ``up_to`` (so no
+        compilation ever happens in the middle of a run).
+        """
+        if batch_sizes is None:
+            batch_sizes = self.bucket_sizes(up_to) if self.compiled else (1, up_to)
         for b in batch_sizes:
             self.predict(np.ones((b, self.n_points), np.float32), ["Co"] * b)
 
@@ -170,8 +189,8 @@ class Predictor:
     def _run(self, x: F32, el: npt.NDArray[np.int64]) -> F32:
         b = x.shape[0]
         n = b
-        if self.compiled:  # static shapes: pad to the next power of two
-            n = min(max(1, 1 << (b - 1).bit_length()), max(self.max_batch, b))
+        if self.compiled:  # static shapes: pad to the next bucket
+            n = self._padded(b)
             if n > b:
                 x = np.concatenate([x, np.zeros((n - b, x.shape[1]), np.float32)])
                 el = np.concatenate([el, np.zeros(n - b, np.int64)])

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["StatusView", "render_status"]
+__all__ = ["StatusView", "render_status", "sink_cell"]
 
 
 def render_status(snap: Mapping[str, Any], fps: float, lag: int | None) -> Group:
@@ -28,6 +28,15 @@ def render_status(snap: Mapping[str, Any], fps: float, lag: int | None) -> Group
         Text(f"pending {snap.get('pending', 0)}"),
         Text(f"rejected {ingest.get('rejected_total', ingest.get('rejected', 0))}"),
     )
+    queues = Table.grid(padding=(0, 3))
+    cells = [sink_cell(q) for q in snap.get("sinks", [])]
+    if cells:
+        queues.add_row(
+            Text("backpressure", style="bold red")
+            if snap.get("backpressure")
+            else Text("sinks", style="dim"),
+            *cells,
+        )
     runs = Table(title="runs", expand=False, show_edge=False)
     for col in ("run uid", "element", "frames", "duplicates", "status"):
         runs.add_column(col)
@@ -39,7 +48,19 @@ def render_status(snap: Mapping[str, Any], fps: float, lag: int | None) -> Group
             str(r["duplicates"]),
             str(r["status"]),
         )
-    return Group(head, runs)
+    return Group(head, queues, runs)
+
+
+def sink_cell(queue: Mapping[str, Any]) -> Text:
+    """One sink queue: ``name depth/capacity``, the seconds the engine has waited on it, and
+    ``BLOCKED`` (red) while it waits now."""
+    text = Text(
+        f"{queue.get('name', '?')} {queue.get('queue_depth', 0)}/{queue.get('queue_capacity', '?')}"
+        f" waited {float(queue.get('blocked_s', 0.0)):.1f} s"
+    )
+    if queue.get("blocked"):
+        text.append(" BLOCKED", style="bold red")
+    return text
 
 
 class StatusView:

@@ -39,6 +39,7 @@ def test_commit_at_stop_covers_the_stop_document(tmp_path: Path) -> None:
         engine(name, doc, Position("t", 0, offset))
         if name != "stop":
             assert commits == [], name  # nothing past an open run's start
+    engine.commit_now()  # commits run on their own thread: wait for them
     assert commits == [{("t", 0): len(docs)}]
     engine.close()
     assert committed_seq_nums(tmp_path / f"{uid}.zarr").tolist() == list(range(1, 13))

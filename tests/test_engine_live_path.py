@@ -80,6 +80,8 @@ def test_idle_runs_the_held_frames_at_once(tmp_path: Path, model: ModelRunner) -
     assert engine.snapshot()["frames"] == 0
     assert engine.snapshot()["pending"] == 5
     engine.idle()
+    assert engine.snapshot()["pending"] == 0
+    engine.drain()  # the model thread has written them
     assert engine.snapshot()["frames"] == 5
     assert engine.snapshot()["pending"] == 0
     engine.flush_sinks()

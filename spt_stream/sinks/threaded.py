@@ -11,9 +11,12 @@ more before writing, so Zarr is written a few times a second rather than once pe
 topic). :class:`ZarrSink` waits 0.2 s; flush, finalize and every other call end the wait.
 
 Backpressure: the queue is bounded; a put blocks while it is full (the engine, hence the
-consumer, slows down), so memory stays bounded. Failures of the inner sink are kept and raised
-from the next :meth:`flush` as :class:`SinkError`, so the engine never commits offsets over data
-that did not land. :meth:`open_run` and :meth:`call` run synchronously on the sink thread.
+consumer, slows down), so memory stays bounded. :attr:`ThreadedSink.stats` shows it while it
+happens: ``blocked`` is 1 while a put waits on the full queue, and ``blocked_s`` (seconds the
+engine spent waiting, monotonic) includes the wait in progress, not only finished ones.
+Failures of the inner sink are kept and raised from the next :meth:`flush` as
+:class:`SinkError`, so the engine never commits offsets over data that did not land.
+:meth:`open_run` and :meth:`call` run synchronously on the sink thread.
 """
 
 from __future__ import annotations
@@ -87,6 +90,9 @@ class ThreadedSink:
         self._writes = 0
         self._failures = 0
         self._carry: _Write | _Call | None = None
+        #: start (monotonic) of each put in progress, by thread
+        self._putting: dict[int, float] = {}
+        self._blocked_seen = 0.0
         self._thread = threading.Thread(target=self._loop, name=f"spt-{name}", daemon=True)
         self._thread.start()
 
@@ -128,14 +134,28 @@ class ThreadedSink:
 
     @property
     def stats(self) -> Mapping[str, int | float]:
+        """Rows/writes/failures; the queue (items: write batches and calls) with its capacity,
+        depth and high-water mark; ``blocked`` (1 while the engine waits on the full queue) and
+        ``blocked_s`` (total seconds it waited, the wait in progress included)."""
         q = self._queue.stats()
+        with self._lock:
+            since = min(self._putting.values(), default=None)
+            waiting = since is not None and q.depth >= q.maxsize
+            blocked_s = q.blocked_s
+            if waiting and since is not None:
+                blocked_s += time.monotonic() - since
+            # the queue adds a wait only when it ends: never report less than already shown
+            self._blocked_seen = max(self._blocked_seen, blocked_s)
+            blocked_s = self._blocked_seen
         return {
             "rows": self._rows,
             "writes": self._writes,
             "failures": self._failures,
+            "queue_capacity": q.maxsize,
             "queue_depth": q.depth,
             "queue_high_water": q.high_water,
-            "blocked_s": q.blocked_s,
+            "blocked": int(waiting),
+            "blocked_s": blocked_s,
         }
 
     # -- synchronous calls on the sink thread ------------------------------------------------
@@ -150,10 +170,16 @@ class ThreadedSink:
         return result
 
     def _put(self, item: _Write | _Call) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            self._putting[me] = time.monotonic()
         try:
             self._queue.put(item)
         except QueueClosedError as exc:
             raise SinkError(f"{self.name} is closed") from exc
+        finally:
+            with self._lock:
+                del self._putting[me]
 
     # -- the sink thread ---------------------------------------------------------------------
     def _next(self, timeout: float | None) -> _Write | _Call:

@@ -17,7 +17,9 @@ writer thread talks to Tiled, coalescing queued batches of a run into one ``appe
 of up to ``max_rows_per_append`` rows, so throughput grows with the backlog (an append costs
 ~30-50 ms whatever its size). When the queue is full, ``on_full="block"`` waits up to
 ``block_timeout`` seconds and then drops the batch; ``on_full="drop"`` drops at once. A dropped
-batch is a *gap*: counted, logged, and written into the run's metadata.
+batch is a *gap*: counted, logged, and written into the run's metadata. The wait is visible in
+:attr:`TiledTraceWriter.stats` while it lasts (``blocked``, ``blocked_s``, and the queue's
+``queue_depth``/``queue_high_water`` against ``queue_capacity``, in rows).
 
 Failures: connection errors (nothing reached the server) are retried as they are; after an
 *ambiguous* failure (a read timeout, a 5xx: the rows may have been stored), the writer reads the
@@ -236,6 +238,10 @@ class TiledTraceWriter:
         self._runs: dict[str, _Run] = {}
         self._finished: OrderedDict[str, _Run] = OrderedDict()
         self._closing = False
+        self._high_water = 0
+        self._blocked_s = 0.0
+        #: start (monotonic) of each write() waiting for room, by thread
+        self._waiting: dict[int, float] = {}
         self._abort = threading.Event()
         self._client: Any = None
         self._parent_node: Any = None
@@ -265,15 +271,27 @@ class TiledTraceWriter:
 
     # ---------------------------------------------------------------- engine-facing API
 
+    #: Label of this sink in metrics and the status view.
+    name = "tiled"
+
     @property
     def stats(self) -> Mapping[str, int | float]:
         """Counters: rows accepted/written/dropped/duplicate, appends, append_seconds,
-        failures, resyncs, runs_finalized; gauges: queued_rows, pending_ops."""
+        failures, resyncs, runs_finalized, ``blocked_s`` (seconds callers waited for room,
+        the wait in progress included); gauges: queued_rows (= ``queue_depth``), pending_ops,
+        ``queue_capacity``, ``queue_high_water`` (rows), ``blocked`` (1 while a write waits)."""
         with self._cv:
+            since = min(self._waiting.values(), default=None)
+            waiting = 0.0 if since is None else time.monotonic() - since
             return {
                 **self._counters,
                 "queued_rows": self._queued_rows,
                 "pending_ops": self._submitted - self._completed,
+                "queue_capacity": self.queue_size,
+                "queue_depth": self._queued_rows,
+                "queue_high_water": self._high_water,
+                "blocked": int(since is not None),
+                "blocked_s": self._blocked_s + waiting,
             }
 
     def open_run(self, run_uid: str, attrs: Mapping[str, Any]) -> None:
@@ -297,13 +315,10 @@ class TiledTraceWriter:
             run = self._runs.get(run_uid)
             if run is None:
                 raise SinkError("write() before open_run()", run_uid=run_uid, source=self.url)
-            deadline = time.monotonic() + (self.block_timeout if self.on_full == "block" else 0)
-            while self._queued_rows > 0 and self._queued_rows + n > self.queue_size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._drop(run, rows.seq_num, "queue full")
-                    return
-                self._cv.wait(remaining)
+            full = self._queued_rows > 0 and self._queued_rows + n > self.queue_size
+            if full and not self._wait_for_room(n):
+                self._drop(run, rows.seq_num, "queue full")
+                return
             self._counters["rows_accepted"] += n
             self._enqueue(_Append(run_uid, rows), n)
 
@@ -382,9 +397,28 @@ class TiledTraceWriter:
         if self._closing:
             raise SinkError("Tiled writer is closed", source=self.url)
 
+    def _wait_for_room(self, n: int) -> bool:
+        """Wait (``on_full="block"``: up to ``block_timeout``) until ``n`` rows fit; False if
+        they do not. Counts the wait in ``blocked_s`` (caller holds the lock)."""
+        me = threading.get_ident()
+        t0 = time.monotonic()
+        deadline = t0 + (self.block_timeout if self.on_full == "block" else 0)
+        self._waiting[me] = t0
+        try:
+            while self._queued_rows > 0 and self._queued_rows + n > self.queue_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cv.wait(remaining)
+            return True
+        finally:
+            del self._waiting[me]
+            self._blocked_s += time.monotonic() - t0
+
     def _enqueue(self, op: _Op, n: int) -> None:
         self._ops.append(op)
         self._queued_rows += n
+        self._high_water = max(self._high_water, self._queued_rows)
         self._submitted += 1
         self._cv.notify_all()
 
