@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from spt_stream._memory import trim_heap
 from spt_stream._version import __version__
 from spt_stream.batching import MicroBatcher
 from spt_stream.config import EngineSettings
@@ -539,6 +540,8 @@ class Engine:
         if self._committer is not None:
             self._closing.append(run_uid)
         self.metrics.open_runs.set(len(self.runs))
+        if not self.runs:
+            trim_heap()  # between runs: give freed buffers back (see spt_stream._memory)
         self.commit()
 
     # -- the batch path ------------------------------------------------------------------------
