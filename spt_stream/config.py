@@ -122,13 +122,18 @@ class BatchSettings(_Frozen):
     max_size: int = Field(64, ge=1)
     max_latency_ms: float = Field(20.0, ge=0.0)
     #: Run the model and the sink hand-off on a second thread, overlapping the next batch's
-    #: decoding, assembly and normalization (see spt_stream.engine).
-    overlap: bool = True
+    #: decoding, assembly and normalization (see spt_stream.engine; slower on 2 cores).
+    overlap: bool = False
 
 
 class ZarrSettings(_Frozen):
     root: Path = Path("spt-traces")
     block_rows: int = Field(256, ge=1)
+    #: Gather a run's rows for up to this long before writing them to the store (each write
+    #: rewrites a chunk per variable, atomically: at 10 frames/s one write per frame cost the
+    #: engine about a third of a core). The trace is readable live at this delay; the
+    #: feedback topic does not wait for it.
+    write_interval_s: float = Field(1.0, ge=0.0, le=60.0)
 
 
 class TiledSettings(_Frozen):

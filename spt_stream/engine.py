@@ -8,13 +8,16 @@ latency cap, flush at every stop document) -> :func:`~spt_stream.normalize.norma
 (batched) -> predictor (one forward per batch) -> every :class:`~spt_stream.sinks.base.TraceSink`
 (Zarr first, then Tiled and feedback, which queue in the background).
 
-With ``batch.overlap`` (the default) the last two steps, model and sink hand-off, run on a
+With ``batch.overlap`` (off by default) the last two steps, model and sink hand-off, run on a
 second thread (:class:`_BatchWorker`) while the transport's thread decodes, assembles and
 normalizes the next batch: on a 2-core machine the model's forward pass (which releases the
 GIL) no longer adds to the rest of the per-frame cost. The worker holds at most one batch
 running and one waiting; every point that must see all earlier batches written (a run's stop,
 offset commits, sink flushes, close) first waits for it to drain, and an error raised there
-(e.g. the primary trace failing) is raised again on the transport's thread.
+(e.g. the primary trace failing) is raised again on the transport's thread. On the 2-core
+development machine it measured SLOWER (the eager model's many small ops and the Kafka client's
+network thread fight over the GIL; see docs/BENCHMARKS.md), hence off; it is there for machines
+with cores to spare and for CUDA, where the forward pass waits on the device.
 
 Backpressure is structural: the transport calls the engine synchronously, so a slow batch or a
 full sink queue slows the consumer, and memory stays bounded by the batch size, the worker's

@@ -201,7 +201,13 @@ def build_pipeline(
         compile=settings.compile_model,
         max_batch=settings.batch.max_size,
     )
-    sinks: list[TraceSink] = [ZarrSink(settings.zarr.root, block_rows=settings.zarr.block_rows)]
+    sinks: list[TraceSink] = [
+        ZarrSink(
+            settings.zarr.root,
+            block_rows=settings.zarr.block_rows,
+            max_delay_s=settings.zarr.write_interval_s,
+        )
+    ]
     tiled = None
     if settings.tiled.url:
         from spt_stream.sinks.tiled_trace import TiledTraceWriter

@@ -101,7 +101,10 @@ def test_a_failed_batch_is_raised_on_the_transport_thread(
     as an error instead. Later batches are still written."""
     settings = load_settings(
         None,
-        {"dead_letter": {"path": None}, "batch": {"max_size": 4, "max_latency_ms": 3_600_000}},
+        {
+            "dead_letter": {"path": None},
+            "batch": {"max_size": 4, "max_latency_ms": 3_600_000, "overlap": True},
+        },
     )
     sink = _FailingPrimary(ok=1)
     engine = Engine(settings, model, [sink])
@@ -157,7 +160,7 @@ def test_model_thread_gets_the_compute_thread_cap(tmp_path: Path, model: ModelRu
         {
             "zarr": {"root": tmp_path},
             "dead_letter": {"path": None},
-            "batch": {"max_size": 4, "max_latency_ms": 3_600_000},
+            "batch": {"max_size": 4, "max_latency_ms": 3_600_000, "overlap": True},
         },
     )
     probe = _ThreadProbe(model)
