@@ -160,7 +160,8 @@ def plan(
             )
     if "backlog" in which:
         args = ["--backlog", "1000"] if quick else []
-        for label, env in profiles:
+        overlap = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true"}
+        for label, env in [*profiles, *([] if quick else [(", model thread", overlap)])]:
             parts.append(
                 Part(
                     "backlog",
