@@ -164,6 +164,8 @@ class _CommitJob:
     batches: int
     flushed: bool = False
     committed: bool = False
+    #: A sink was only slow (its flush timed out): try the closing runs again next time.
+    retry: bool = False
 
 
 class _Committer:
@@ -406,7 +408,9 @@ class Engine:
             for sink in self.sinks:
                 sink.flush(30.0)
         except SptError as exc:
-            log.error("not committing offsets: a sink could not flush: %s", exc)
+            job.retry = exc.detail.get("reason") == "timeout"
+            level = logging.WARNING if job.retry else logging.ERROR
+            log.log(level, "not committing offsets: a sink could not flush: %s", exc)
             return
         job.flushed = True
         if job.offsets and self._commit is not None:
@@ -425,6 +429,8 @@ class Engine:
                 self._offsets.run_closed(uid)
             if job.closing:  # their offsets are committable now: do not wait the interval
                 self._last_commit = self._clock() - self._commit_interval
+        elif job.retry:  # slow, not failed: their offsets wait for a later flush
+            self._closing[:0] = job.closing
         elif job.closing:
             log.error(
                 "runs %s: sinks not flushed after their stop; their offsets stay uncommitted "

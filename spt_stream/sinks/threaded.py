@@ -166,7 +166,9 @@ class ThreadedSink:
         try:
             result: _T = fut.result(timeout=timeout)
         except TimeoutError as exc:
-            raise SinkError(f"{self.name}: no answer within {timeout} s") from exc
+            raise SinkError(
+                f"{self.name}: no answer within {timeout} s", detail={"reason": "timeout"}
+            ) from exc
         return result
 
     def _put(self, item: _Write | _Call) -> None:

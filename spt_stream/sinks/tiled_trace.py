@@ -363,6 +363,7 @@ class TiledTraceWriter:
                     f"Tiled flush timed out after {timeout} s: {target - self._completed} "
                     f"operations ({self._queued_rows} rows) still queued",
                     source=self.url,
+                    detail={"reason": "timeout"},
                 )
 
     def close(self, timeout: float = 10.0) -> None:
