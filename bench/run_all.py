@@ -161,7 +161,9 @@ def plan(
     if "backlog" in which:
         args = ["--backlog", "1000"] if quick else []
         overlap = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true"}
-        for label, env in [*profiles, *([] if quick else [(", model thread", overlap)])]:
+        both = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true,SPT_COMPILE_MODEL=true"}
+        extra = [(", model thread", overlap), (", compiled model on the model thread", both)]
+        for label, env in [*profiles, *([] if quick else extra)]:
             parts.append(
                 Part(
                     "backlog",
@@ -465,12 +467,12 @@ def write_report(
         "|---|---|---:|---:|---|---|",
     ]
     for p in parts:
-        cmd = " ".join(_short(a) for a in p.argv)
+        cmd = " ".join([*(f"{k}={v}" for k, v in p.env.items()), *(_short(a) for a in p.argv)])
         lines.append(
             f"| {p.title} | `{cmd}` | {p.rc} | {p.wall_s:.0f} | {p.load_before} | {p.load_after} |"
         )
     for p in parts:
-        cmd = " ".join(_short(a) for a in p.argv)
+        cmd = " ".join([*(f"{k}={v}" for k, v in p.env.items()), *(_short(a) for a in p.argv)])
         lines += [
             "",
             f"## {p.title}",

@@ -49,6 +49,9 @@ KILLS_B = 3
 #: A SIGKILLed member holds its partitions until its session expires: with the default 6 s
 #: every restart would wait that long to join. Same protocol, shorter timers.
 FAST_REJOIN = {"SPT_KAFKA__SESSION_TIMEOUT_MS": "2000", "SPT_KAFKA__HEARTBEAT_INTERVAL_MS": "300"}
+#: Zarr writes every 50 ms (default 1 s), so the trace's row count follows the trickle closely
+#: and a kill lands with frames of the stage still to come, not after one write took them all.
+FAST_WRITES = {"SPT_ZARR__WRITE_INTERVAL_S": "0.05"}
 #: Seconds between the events of a stage's live part (the kill lands while they arrive).
 TRICKLE_S = 0.03
 #: Bound on any single wait in this test (a hung engine fails the test instead of hanging it).
@@ -88,7 +91,7 @@ class Engines:
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "SPT_DEVICE": "cpu", **FAST_REJOIN},
+            env={**os.environ, "SPT_DEVICE": "cpu", **FAST_REJOIN, **FAST_WRITES},
         )  # fmt: skip
         log.close()
         self.procs.append(proc)
