@@ -36,6 +36,7 @@ import xarray as xr
 
 from spt_stream.publish import KafkaDocumentPublisher
 from spt_stream.sinks.zarr_trace import open_trace
+from tests._procs import wait_until as _wait_until
 from tests._spectra_docs import Docs, compose_docs
 
 SPT_BIN = Path(sys.executable).with_name("spt-stream")
@@ -108,14 +109,7 @@ class Engines:
 
 
 def wait_until(cond: Callable[[], bool], what: str, proc: subprocess.Popen[str]) -> None:
-    """Poll ``cond`` every 5 ms; fail if ``proc`` exits first or ``WAIT_S`` passes."""
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        if proc.poll() is not None:
-            pytest.fail(f"engine exited (rc={proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
+    _wait_until(cond, what, proc, timeout_s=WAIT_S, poll_s=0.005)
 
 
 @pytest.fixture

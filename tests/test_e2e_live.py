@@ -49,6 +49,7 @@ from spt_stream.feedback.message import FrameFeedback
 from spt_stream.feedback.publisher import PURPOSE
 from spt_stream.sinks.zarr_trace import open_trace
 from spt_stream.tiled_server import TiledServer
+from tests._procs import wait_until as _wait_until
 
 SPT_BIN = Path(sys.executable).with_name("spt-stream")
 SCHEMA_PATH = (
@@ -85,14 +86,7 @@ def packaged_model() -> tuple[str, str, str, str]:
 
 
 def wait_until(cond: Callable[[], bool], what: str, proc: subprocess.Popen[str], log: Path) -> None:
-    """Poll ``cond`` every 50 ms; fail if ``proc`` exits first or ``WAIT_S`` passes."""
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        if proc.poll() is not None:
-            pytest.fail(f"engine exited (rc={proc.returncode}) before {what}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT_S} s waiting for {what}:\n{log.read_text()}")
-        time.sleep(0.05)
+    _wait_until(cond, what, proc, timeout_s=WAIT_S, log=log)
 
 
 class FrameAgent(threading.Thread):
