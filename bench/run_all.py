@@ -147,9 +147,11 @@ def plan(
     live = script("bench_live.py")
     # The engine as packaged (eager model) and with the compiled model (``compile_model``).
     profiles = [("", {})] if quick else [("", {}), (", compiled model", COMPILED)]
+    both = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true,SPT_COMPILE_MODEL=true"}
     if "latency" in which:
         args = ["--seconds", "2"] if quick else []
-        for label, env in profiles:
+        extra = [] if quick else [(", compiled model on the model thread", both)]
+        for label, env in [*profiles, *extra]:
             parts.append(
                 Part(
                     "latency",
@@ -161,7 +163,6 @@ def plan(
     if "backlog" in which:
         args = ["--backlog", "1000"] if quick else []
         overlap = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true"}
-        both = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true,SPT_COMPILE_MODEL=true"}
         extra = [(", model thread", overlap), (", compiled model on the model thread", both)]
         for label, env in [*profiles, *([] if quick else extra)]:
             parts.append(
