@@ -130,9 +130,9 @@ class ZarrSettings(_Frozen):
     root: Path = Path("spt-traces")
     block_rows: int = Field(256, ge=1)
     #: Gather a run's rows for up to this long before writing them to the store (each write
-    #: rewrites a chunk per variable, atomically: at 10 frames/s one write per frame cost the
-    #: engine about a third of a core). The trace is readable live at this delay; the
-    #: feedback topic does not wait for it.
+    #: rewrites a chunk per variable, atomically, and holds the interpreter for tens of ms:
+    #: fewer writes, fewer stalls of the frames behind them; docs/BENCHMARKS.md). The trace is
+    #: readable live at this delay; the feedback topic does not wait for it.
     write_interval_s: float = Field(1.0, ge=0.0, le=60.0)
 
 
