@@ -84,6 +84,17 @@ class KafkaSettings(_Frozen):
                 out["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return out
 
+    def producer_kwargs(self, bootstrap_servers: str, role: str) -> dict[str, Any]:
+        """kafka-python ``KafkaProducer`` arguments every spt-stream producer shares: brokers,
+        ``client_id`` ``<client_id>-<role>``, ordered delivery (one request in flight), and
+        the security settings."""
+        return {
+            "bootstrap_servers": bootstrap_servers.split(","),
+            "client_id": f"{self.client_id}-{role}",
+            "max_in_flight_requests_per_connection": 1,
+            **self.security_kwargs(),
+        }
+
 
 class AssemblySettings(_Frozen):
     """How runs are turned into frames when their start document does not say (``md["spt"]``)."""

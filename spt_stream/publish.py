@@ -38,15 +38,9 @@ class KafkaDocumentPublisher:
         from kafka.errors import KafkaError
 
         kafka = kafka or KafkaSettings()
-        security = kafka.security_kwargs()
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap_servers.split(","),
-                client_id=f"{kafka.client_id}-publisher",
-                linger_ms=0,
-                acks=1,
-                max_in_flight_requests_per_connection=1,
-                **security,
+                linger_ms=0, acks=1, **kafka.producer_kwargs(bootstrap_servers, "publisher")
             )
         except KafkaError as exc:
             raise BrokerError(

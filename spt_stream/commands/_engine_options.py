@@ -4,11 +4,41 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
-__all__ = ["configure_logging", "print_summary", "settings_overrides"]
+__all__ = [
+    "BootstrapOpt",
+    "ConfigOpt",
+    "FeedbackTopicOpt",
+    "LogLevelOpt",
+    "ModelOpt",
+    "TiledUrlOpt",
+    "ZarrOpt",
+    "configure_logging",
+    "print_summary",
+    "settings_overrides",
+]
+
+# Command-line options ``run`` and ``replay`` share (one declaration, one help text).
+BootstrapOpt = Annotated[
+    str | None, typer.Option("--bootstrap-servers", help="Kafka bootstrap servers.")
+]
+ZarrOpt = Annotated[Path | None, typer.Option("--zarr", help="Trace store root directory.")]
+TiledUrlOpt = Annotated[
+    str | None,
+    typer.Option("--tiled-url", help="Also write traces to Tiled (key: SPT_TILED_API_KEY)."),
+]
+FeedbackTopicOpt = Annotated[
+    str | None, typer.Option("--feedback-topic", help="Per-frame feedback messages topic.")
+]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", help="Checkpoint (default: the packaged model).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Engine YAML config.")]
+LogLevelOpt = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
 
 
 def settings_overrides(

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from spt_stream.commands._engine_options import (
+    BootstrapOpt,
+    ConfigOpt,
+    FeedbackTopicOpt,
+    LogLevelOpt,
+    ModelOpt,
+    TiledUrlOpt,
+    ZarrOpt,
+)
 
 __all__ = ["register"]
 
@@ -38,27 +47,19 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option("--from-time", help="Kafka: start at this UNIX time (seconds)."),
         ] = None,
-        bootstrap_servers: Annotated[
-            str | None, typer.Option("--bootstrap-servers", help="Kafka bootstrap servers.")
-        ] = None,
+        bootstrap_servers: BootstrapOpt = None,
         element: Annotated[
             str | None, typer.Option("--element", help="Element when files do not say.")
         ] = None,
         edge: Annotated[
             str | None, typer.Option("--edge", help="Edge when files do not say.")
         ] = None,
-        zarr: Annotated[
-            Path | None, typer.Option("--zarr", help="Trace store root directory.")
-        ] = None,
-        tiled_url: Annotated[
-            str | None, typer.Option("--tiled-url", help="Also write traces to this Tiled server.")
-        ] = None,
-        feedback_topic: Annotated[
-            str | None, typer.Option("--feedback-topic", help="Per-frame feedback topic.")
-        ] = None,
-        model: Annotated[Path | None, typer.Option("--model", help="Checkpoint.")] = None,
-        config: Annotated[Path | None, typer.Option("--config", help="Engine YAML config.")] = None,
-        log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+        zarr: ZarrOpt = None,
+        tiled_url: TiledUrlOpt = None,
+        feedback_topic: FeedbackTopicOpt = None,
+        model: ModelOpt = None,
+        config: ConfigOpt = None,
+        log_level: LogLevelOpt = "WARNING",
     ) -> None:
         """Run stored scans through exactly the live pipeline and write their traces."""
         import threading

@@ -7,15 +7,23 @@ from typing import Annotated
 
 import typer
 
+from spt_stream.commands._engine_options import (
+    BootstrapOpt,
+    ConfigOpt,
+    FeedbackTopicOpt,
+    LogLevelOpt,
+    ModelOpt,
+    TiledUrlOpt,
+    ZarrOpt,
+)
+
 __all__ = ["register"]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
-        bootstrap_servers: Annotated[
-            str | None, typer.Option("--bootstrap-servers", help="Kafka bootstrap servers.")
-        ] = None,
+        bootstrap_servers: BootstrapOpt = None,
         topic: Annotated[
             list[str] | None,
             typer.Option(
@@ -23,26 +31,15 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         group_id: Annotated[str | None, typer.Option("--group-id", help="Consumer group.")] = None,
-        zarr: Annotated[
-            Path | None, typer.Option("--zarr", help="Trace store root directory.")
-        ] = None,
-        tiled_url: Annotated[
-            str | None,
-            typer.Option(
-                "--tiled-url", help="Also write traces to Tiled (key: SPT_TILED_API_KEY)."
-            ),
-        ] = None,
-        feedback_topic: Annotated[
-            str | None, typer.Option("--feedback-topic", help="Per-frame feedback messages topic.")
-        ] = None,
+        zarr: ZarrOpt = None,
+        tiled_url: TiledUrlOpt = None,
+        feedback_topic: FeedbackTopicOpt = None,
         feedback_documents_topic: Annotated[
             str | None,
             typer.Option("--feedback-documents-topic", help="Derived-run documents topic."),
         ] = None,
-        model: Annotated[
-            Path | None, typer.Option("--model", help="Checkpoint (default: the packaged model).")
-        ] = None,
-        config: Annotated[Path | None, typer.Option("--config", help="Engine YAML config.")] = None,
+        model: ModelOpt = None,
+        config: ConfigOpt = None,
         stop_after_idle: Annotated[
             float | None,
             typer.Option(
@@ -53,7 +50,7 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics here.")
         ] = None,
         status: Annotated[bool, typer.Option(help="Show the live status view.")] = True,
-        log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+        log_level: LogLevelOpt = "INFO",
     ) -> None:
         """Consume Bluesky documents from Kafka and write descriptor traces, live."""
         import threading

@@ -132,17 +132,13 @@ class FeedbackPublisher:
         from kafka import KafkaProducer
 
         kafka = kafka or KafkaSettings()
-        security = kafka.security_kwargs()
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap_servers.split(","),
-                client_id=f"{kafka.client_id}-feedback",
                 acks=acks,
                 linger_ms=linger_ms,
                 max_block_ms=max_block_ms,
-                max_in_flight_requests_per_connection=1,
                 retries=5,
-                **security,
+                **kafka.producer_kwargs(bootstrap_servers, "feedback"),
             )
         except Exception as exc:
             raise BrokerError(

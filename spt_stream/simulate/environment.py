@@ -16,7 +16,7 @@ element's 12-coordinate metallic diameter instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -49,17 +49,7 @@ Geometry = Literal[
     "fcc",
     "hcp",
 ]
-GEOMETRIES: tuple[str, ...] = (
-    "linear",
-    "tetrahedral",
-    "square_planar",
-    "square_pyramidal",
-    "trigonal_bipyramidal",
-    "octahedral",
-    "bcc",
-    "fcc",
-    "hcp",
-)
+GEOMETRIES: tuple[str, ...] = get_args(Geometry)
 METAL_LATTICES: tuple[str, ...] = ("bcc", "fcc", "hcp")
 
 #: Bond-valence softness parameter (Brown & Altermatt), Angstrom.
