@@ -145,6 +145,10 @@ class ZarrSettings(_Frozen):
     #: fewer writes, fewer stalls of the frames behind them; docs/BENCHMARKS.md). The trace is
     #: readable live at this delay; the feedback topic does not wait for it.
     write_interval_s: float = Field(1.0, ge=0.0, le=60.0)
+    #: Write the trace from a child process (its own interpreter lock and core): Zarr's Python
+    #: write path then no longer stalls the frames in the engine (docs/BENCHMARKS.md). Off:
+    #: the writer runs on a thread of the engine's process.
+    process: bool = True
 
 
 class TiledSettings(_Frozen):

@@ -206,6 +206,7 @@ def build_pipeline(
             settings.zarr.root,
             block_rows=settings.zarr.block_rows,
             max_delay_s=settings.zarr.write_interval_s,
+            process=settings.zarr.process,
         )
     ]
     tiled = None

@@ -264,11 +264,18 @@ class ZarrSink(ThreadedSink):
         block_rows: int = 256,
         fsync: bool = True,
         max_delay_s: float = 0.2,
+        process: bool = False,
         **kw: Any,
     ) -> None:
+        from spt_stream.sinks.zarr_process import ZarrWriterProcess
         from spt_stream.sinks.zarr_trace import ZarrTraceWriter
 
-        self.writer = ZarrTraceWriter(root, block_rows=block_rows, fsync=fsync)
+        #: the writer itself, or (``process``) its proxy in a child process
+        self.writer: ZarrTraceWriter | ZarrWriterProcess = (
+            ZarrWriterProcess(root, block_rows=block_rows, fsync=fsync)
+            if process
+            else ZarrTraceWriter(root, block_rows=block_rows, fsync=fsync)
+        )
         super().__init__(self.writer, name="zarr", max_delay_s=max_delay_s, **kw)
 
     def committed_seq_nums(self, run_uid: str) -> set[int]:
