@@ -82,10 +82,19 @@ class _Watch:
         self.first_doc: float | None = None
         #: (run uid, wall time, process CPU seconds) at each stop document
         self.stops: list[tuple[str, float, float]] = []
+        #: (run uid, seq_num, wall time) when each event document reached the engine
+        self.received: list[tuple[str, int, float]] = []
+        self._runs: dict[str, str] = {}  # descriptor uid -> run uid
 
     def __call__(self, name: str, doc: Mapping[str, Any], position: Any = None) -> None:
+        now = time.time()
         if self.first_doc is None:
-            self.first_doc = time.time()
+            self.first_doc = now
+        if name == "descriptor":
+            self._runs[str(doc.get("uid"))] = str(doc.get("run_start"))
+        elif name == "event":
+            run = self._runs.get(str(doc.get("descriptor")), "")
+            self.received.append((run, int(doc.get("seq_num", -1)), now))
         self.engine(name, doc, position)
         if name == "stop":
             self.stops.append((str(doc.get("run_start")), time.time(), time.process_time()))
@@ -150,6 +159,29 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
         commits.append((t0, time.perf_counter() - p0))
 
     pipe.engine.commit = timed_commit  # type: ignore[method-assign]
+    # stage times per batch: (process start, model start, process end, [(run uid, seq_num)])
+    stages: list[tuple[float, float, float, list[tuple[str, int]]]] = []
+    engine_process, engine_predict = pipe.engine._process, pipe.engine._predict_and_write
+    predict_started: list[float] = []
+
+    def timed_process(frames: list[Any]) -> None:
+        t0 = time.time()
+        engine_process(frames)
+        stages.append(
+            (
+                t0,
+                predict_started.pop() if predict_started else t0,
+                time.time(),
+                [(f.run_uid, f.seq_num) for f in frames],
+            )
+        )
+
+    def timed_predict(item: Any) -> None:
+        predict_started.append(time.time())
+        engine_predict(item)
+
+    pipe.engine._process = timed_process  # type: ignore[method-assign]
+    pipe.engine._predict_and_write = timed_predict  # type: ignore[method-assign]
     stop = threading.Event()
     watch = _Watch(pipe.engine, int(cfg["expected_stops"]), stop)
     c0 = time.process_time()
@@ -168,6 +200,8 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
         "stops": watch.stops,
         "pairs": metrics.pairs,
         "commits": commits,
+        "received": watch.received,
+        "stages": stages,
         "threads": pipe.model.threads,
         "batch_sizes": metrics.batch_sizes,
         "released": dict(pipe.engine._batcher.released),
@@ -175,6 +209,12 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
         "source": vars(source.stats),
         "cpu_s": time.process_time() - c0,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # the Zarr writer process (ended by pipe.close() above), when the engine runs one
+        "maxrss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "cpu_children_s": (
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+        ),
     }
     Path(cfg["out"]).write_text(json.dumps(out))
 
@@ -377,12 +417,52 @@ def bench_latency(
             f"| {rate:g} | {len(slow)} ({100 * len(slow) / run.n:.1f}%) | {overl} | "
             f"{np.nanmedian(cd) * 1e3:.1f} / {np.nanmax(cd) * 1e3:.1f} | {len(cw)} |"
         )
+    _print_stages(eng, got, runs, rates)
     print()
     print(
         f"engine: compute threads {eng['threads']}, batches released by {eng['released']}, "
         f"CPU {eng['cpu_s']:.1f} s, "
-        f"max RSS {eng['maxrss_mb']:.0f} MB, sinks {eng['sinks']}"
+        f"max RSS {eng['maxrss_mb']:.0f} MB (Zarr writer process "
+        f"{eng.get('maxrss_children_mb', 0):.0f} MB), sinks {eng['sinks']}"
     )
+
+
+def _print_stages(
+    eng: Mapping[str, Any], got: Mapping[str, Any], runs: Sequence[Any], rates: Sequence[float]
+) -> None:
+    """Where each frame's time goes, stage by stage (ms p50 / p99)."""
+    recv = {(u, int(s)): t for u, s, t in eng["received"]}
+    stage: dict[tuple[str, int], tuple[float, float, float]] = {}
+    for t0, tm, t1, ids in eng["stages"]:
+        for u, s in ids:
+            stage[(u, int(s))] = (t0, tm, t1)
+    print()
+    print(
+        "Stages per frame, ms p50 / p99: Kafka in (event time -> the engine's handler), wait "
+        "(-> its batch starts: poll, batching, earlier batches), normalize, model + sink "
+        "hand-off, -> the feedback thread stamps analysis_time, feedback out (-> the agent)."
+    )
+    print()
+    print(
+        "| offered frames/s | Kafka in | wait | normalize | model + hand-off | to feedback "
+        "thread | feedback out |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for run, rate in zip(runs, rates, strict=True):
+        cols: list[list[float]] = [[] for _ in range(6)]
+        for seq, t_ev, t_an, t_rx in got[run.uid]:
+            key = (run.uid, int(seq))
+            if key not in recv or key not in stage:
+                continue
+            t0, tm, t1 = stage[key]
+            r = recv[key]
+            for i, v in enumerate((r - t_ev, t0 - r, tm - t0, t1 - tm, t_an - t1, t_rx - t_an)):
+                cols[i].append(v)
+        cells = " | ".join(
+            f"{np.percentile(c, 50) * 1e3:.1f} / {np.percentile(c, 99) * 1e3:.1f}" if c else "-"
+            for c in cols
+        )
+        print(f"| {rate:g} | {cells} |")
 
 
 def _batches_in(
@@ -440,7 +520,8 @@ def bench_backlog(
     print(
         f"| {'Zarr + feedback topic' if feedback else 'Zarr only'} | {frames} | {rows} | "
         f"{produce_s:.1f} | {done - eng['t_start']:.1f} | {wall:.2f} | **{rows / wall:,.0f}** | "
-        f"{eng['cpu_s']:.1f} | {sizes.mean():.1f} | {eng['maxrss_mb']:.0f} | {load} |",
+        f"{eng['cpu_s']:.1f} + {eng.get('cpu_children_s', 0):.1f} | {sizes.mean():.1f} | "
+        f"{eng['maxrss_mb']:.0f} + {eng.get('maxrss_children_mb', 0):.0f} | {load} |",
         flush=True,
     )
 
@@ -452,6 +533,21 @@ def _rss_mb(pid: int) -> float:
         return float("nan")
     m = re.search(r"VmRSS:\s+(\d+) kB", text)
     return int(m.group(1)) / 1024 if m else float("nan")
+
+
+def _children_rss_mb(pid: int) -> float:
+    """Summed RSS of the direct children of ``pid`` (the engine's Zarr writer process)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            rss = _rss_mb(int(kid))
+            if rss == rss:  # not NaN
+                total += rss
+    return total
 
 
 def _frames_metric(port: int) -> int | None:
@@ -521,10 +617,17 @@ def bench_memory(
     t0 = time.monotonic()
     log_file = (tmp / "engine-memory.log").open("w")
     proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
-    series: list[tuple[float, int | None, float]] = []
+    series: list[tuple[float, int | None, float, float]] = []
     try:
         while proc.poll() is None:
-            series.append((time.monotonic() - t0, _frames_metric(port), _rss_mb(proc.pid)))
+            series.append(
+                (
+                    time.monotonic() - t0,
+                    _frames_metric(port),
+                    _rss_mb(proc.pid),
+                    _children_rss_mb(proc.pid),
+                )
+            )
             time.sleep(0.5)
             if time.monotonic() - t0 > 1800:
                 raise RuntimeError("memory run took more than 30 min")
@@ -545,28 +648,29 @@ def bench_memory(
         f"trace rows at the end: {rows:,}"
     )
     print()
-    print("| elapsed s | frames analysed | RSS MB |")
-    print("|---:|---:|---:|")
+    print("| elapsed s | frames analysed | engine RSS MB | Zarr writer process RSS MB | total MB |")
+    print("|---:|---:|---:|---:|---:|")
     # one row per ~10% of the run, plus start and end
     marks = [int(frames * k / 10) for k in range(11)]
     shown: set[int] = set()
     last_frames = -1
-    for t, n, rss in series:
+    for t, n, rss, kids in series:
         if n is None:
             continue
         for k, mark in enumerate(marks):
             if k not in shown and n >= mark and n != last_frames:
                 shown.add(k)
-                print(f"| {t:.0f} | {n:,} | {rss:.0f} |")
+                print(f"| {t:.0f} | {n:,} | {rss:.0f} | {kids:.0f} | {rss + kids:.0f} |")
                 last_frames = n
                 break
-    rss_all = np.array([s[2] for s in series if s[1] is not None and s[1] > 0])
-    steady = np.array([s[2] for s in series if s[1] is not None and s[1] >= frames * 0.2])
+    rss_all = np.array([s[2] + s[3] for s in series if s[1] is not None and s[1] > 0])
+    steady = np.array([s[2] + s[3] for s in series if s[1] is not None and s[1] >= frames * 0.2])
     n_done = [s for s in series if s[1] is not None and s[1] > 0]
     wall = n_done[-1][0] - n_done[0][0] if len(n_done) > 1 else float("nan")
     print()
     print(
-        f"peak RSS {np.nanmax(rss_all):.0f} MB; from 20% of the frames to the end: "
+        f"peak RSS (engine + its Zarr writer) {np.nanmax(rss_all):.0f} MB; from 20% of the "
+        "frames to the end: "
         f"min {np.nanmin(steady):.0f} / max {np.nanmax(steady):.0f} MB; "
         f"~{frames / wall:,.0f} frames/s over the run"
     )
@@ -618,8 +722,8 @@ def main() -> None:
                 print("\n## Backlog throughput\n")
                 print(
                     "| sinks | frames produced | rows in trace | produce s | engine start -> done s"
-                    " | first doc -> all in Zarr s | frames/s | engine CPU s | mean batch "
-                    "| max RSS MB | load avg |"
+                    " | first doc -> all in Zarr s | frames/s | engine CPU s (+ Zarr writer "
+                    "process) | mean batch | max RSS MB (+ Zarr writer process) | load avg |"
                 )
                 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
                 bench_backlog(broker.bootstrap, tmp, data, args.backlog, feedback=False)
