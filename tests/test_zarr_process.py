@@ -141,3 +141,32 @@ def test_close_is_idempotent_and_later_calls_fail_clearly(tmp_path: Path) -> Non
     wait_until(lambda: not _alive(pid), 10, "the child to exit after close")
     with pytest.raises(SinkError, match="closed"):
         writer.open_run("r1", {})
+
+
+def test_a_script_without_a_main_guard_can_use_it(tmp_path: Path) -> None:
+    """The child is not started by multiprocessing's spawn, which would re-run this script in
+    the child (and fail: a process started while the parent was still bootstrapping)."""
+    script = tmp_path / "quick_look.py"
+    script.write_text(
+        "import sys\n"
+        "from spt_stream.sinks.threaded import ZarrSink\n"
+        "from tests._trace_rows import make_rows\n"
+        "sink = ZarrSink(sys.argv[1], process=True)\n"
+        "sink.open_run('r1', {})\n"
+        "sink.write('r1', make_rows(range(5)))\n"
+        "sink.flush()\n"
+        "sink.close()\n"
+        "print('written', flush=True)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "traces")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "written"
+    ds = open_trace(tmp_path / "traces" / "r1.zarr")
+    np.testing.assert_array_equal(ds["seq_num"].values, np.arange(5))

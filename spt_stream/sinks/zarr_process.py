@@ -23,13 +23,16 @@ decides when to finish) and exits when its pipe closes, also when the engine was
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +47,24 @@ log = logging.getLogger(__name__)
 _START_TIMEOUT_S = 60.0
 
 
-def _serve(
-    conn: multiprocessing.connection.Connection, root: str, block_rows: int, fsync: bool
-) -> None:
+#: The child's command: put the engine's import path first (an engine run from a source tree
+#: finds the same package), then serve on the inherited socket. Not ``multiprocessing``'s spawn:
+#: that re-runs the engine's ``__main__`` module in the child, which breaks any script that
+#: builds a pipeline at module level (no ``if __name__ == "__main__":`` guard).
+_BOOT = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from spt_stream.sinks.zarr_process import _main; _main(sys.argv[2:])"
+)
+
+
+def _main(argv: Sequence[str]) -> None:
+    """Entry point of the child: ``argv`` = [socket fd, JSON of the writer's arguments]."""
+    conn = Connection(int(argv[0]))
+    args = json.loads(argv[1])
+    _serve(conn, args["root"], int(args["block_rows"]), bool(args["fsync"]))
+
+
+def _serve(conn: Connection, root: str, block_rows: int, fsync: bool) -> None:
     """The child: answer ``(op, args)`` requests with ``("ok", result)`` or ``("error", ...)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -84,10 +102,9 @@ class ZarrWriterProcess:
         self.root = Path(root)
         self.block_rows = block_rows
         self.fsync = fsync
-        self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
-        self._conn: multiprocessing.connection.Connection | None = None
-        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
         #: children started (1 + restarts after a child died)
         self.starts = 0
@@ -100,39 +117,55 @@ class ZarrWriterProcess:
         return self._proc.pid if self._proc is not None else None
 
     def _start(self) -> None:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=_serve,
-            args=(child, str(self.root), self.block_rows, self.fsync),
-            name="spt-zarr-writer",
-            daemon=True,
+        ours, theirs = socket.socketpair()
+        args = json.dumps(
+            {"root": str(self.root), "block_rows": self.block_rows, "fsync": self.fsync}
         )
-        proc.start()
-        child.close()
-        self._conn, self._proc = parent, proc
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, json.dumps(sys.path), str(theirs.fileno()), args],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            raise SinkError(f"cannot start the zarr writer process: {exc}") from exc
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        self._conn, self._proc = conn, proc
         self.starts += 1
         try:
-            parent.send(("ping", ()))  # answered once the child has built its writer
-            if not parent.poll(_START_TIMEOUT_S):
+            conn.send(("ping", ()))  # answered once the child has built its writer
+            if not conn.poll(_START_TIMEOUT_S):
                 self._discard()
                 raise SinkError(
                     f"zarr writer process did not start within {_START_TIMEOUT_S:.0f} s"
                 )
-            parent.recv()
+            conn.recv()
         except (EOFError, OSError) as exc:
-            proc.join(timeout=1.0)
-            code = proc.exitcode
+            code = self._exit_code(proc)
             self._discard()
             raise SinkError(f"zarr writer process exited at start (exit code {code})") from exc
+
+    @staticmethod
+    def _exit_code(proc: subprocess.Popen[bytes] | None) -> int | None:
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _discard(self) -> None:
         if self._conn is not None:
             self._conn.close()
         if self._proc is not None:
-            self._proc.join(timeout=5.0)
-            if self._proc.is_alive():
+            try:
+                self._proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
                 self._proc.kill()
-                self._proc.join(timeout=5.0)
+                self._proc.wait(timeout=5.0)
         self._conn = self._proc = None
 
     def _request(self, op: str, *args: Any, run_uid: str | None = None) -> Any:
@@ -149,10 +182,7 @@ class ZarrWriterProcess:
                 status, value = conn.recv()
             except (EOFError, OSError) as exc:
                 pid = self.pid
-                proc = self._proc
-                if proc is not None:
-                    proc.join(timeout=1.0)
-                code = proc.exitcode if proc is not None else None
+                code = self._exit_code(self._proc)
                 self._discard()
                 raise SinkError(
                     f"zarr writer process {pid} died during {op} (exit code {code}); "
