@@ -15,9 +15,11 @@ GIL) no longer adds to the rest of the per-frame cost. The worker holds at most 
 running and one waiting; every point that must see all earlier batches written (a run's stop,
 offset commits, sink flushes, close) first waits for it to drain, and an error raised there
 (e.g. the primary trace failing) is raised again on the transport's thread. On the 2-core
-development machine it measured SLOWER (the eager model's many small ops and the Kafka client's
-network thread fight over the GIL; see docs/BENCHMARKS.md), hence off; it is there for machines
-with cores to spare and for CUDA, where the forward pass waits on the device.
+development machine it measured SLOWER, hence off: torch takes the GIL back after every
+operator, and while another thread runs Python each of those waits up to the switch interval
+(the batch-64 forward pass beside a Python-busy thread: 40 ms -> 3.0 s eager, 23 ms -> 0.67 s
+compiled; docs/BENCHMARKS.md). It is there for machines with cores to spare and for CUDA, where
+the forward pass waits on the device.
 
 Backpressure is structural: the transport calls the engine synchronously, so a slow batch or a
 full sink queue slows the consumer, and memory stays bounded by the batch size, the worker's
