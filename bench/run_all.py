@@ -8,10 +8,13 @@ process tree, one at a time, never two benchmarks competing for the CPU):
 1. ``normalize``: bench_normalize.py, spt-stream's batch kernels vs xraylarch ``pre_edge``;
 2. ``model``: bench_model.py, latency and throughput vs batch size on the CPU at the engine's
    thread cap (cores - 1, at least 1) and on every core; on a GPU too when ``torch.cuda`` has one
-   (fp32, bf16 autocast, fp32 compiled);
+   (fp32, bf16 autocast, fp32 compiled); and gil_convoy.py, the forward pass beside a
+   Python-busy thread;
 3. ``ingest``: bench_ingest.py, reading a backlog of documents from Kafka;
-4. ``latency``: bench_live.py --only latency, 10 / 100 / 500 frames/s through the whole engine;
-5. ``backlog``: bench_live.py --only backlog, backlog throughput (Zarr only; Zarr + feedback);
+4. ``latency``: bench_live.py --only latency, 10 / 100 / 500 frames/s through the whole engine
+   (as packaged, compiled model, Zarr writer in the engine's process);
+5. ``backlog``: bench_live.py --only backlog, backlog throughput (Zarr only; Zarr + feedback;
+   the same profiles, plus the model thread with and without the compiled model);
 6. ``memory``: bench_live.py --only memory, RSS of ``spt-stream run`` over 100,000 frames;
 7. ``naive``: naive_pipeline.py, the ecosystem pipeline (RemoteDispatcher -> per-frame Larch ->
    per-frame model -> per-row Zarr appends / TiledWriter) on the same documents.
@@ -141,6 +144,14 @@ def plan(
                     ],
                 )
             )
+        gil = ["--repeats", "4"] if quick else ["--compile"]
+        parts.append(
+            Part(
+                "model",
+                "Model beside a Python-busy thread (the interpreter lock)",
+                [py, script("gil_convoy.py"), *gil],
+            )
+        )
     if "ingest" in which:
         args = ["--events", "2000", "--repeat", "1"] if quick else []
         parts.append(Part("ingest", "Kafka ingest", [py, script("bench_ingest.py"), *args]))
@@ -148,9 +159,14 @@ def plan(
     # The engine as packaged (eager model) and with the compiled model (``compile_model``).
     profiles = [("", {})] if quick else [("", {}), (", compiled model", COMPILED)]
     both = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true,SPT_COMPILE_MODEL=true"}
+    # the Zarr writer on a thread of the engine's process (the default before zarr.process)
+    in_process = (
+        ", Zarr writer in the engine's process",
+        {"BENCH_ENGINE_ENV": "SPT_ZARR__PROCESS=false"},
+    )
     if "latency" in which:
         args = ["--seconds", "2"] if quick else []
-        extra = [] if quick else [(", compiled model on the model thread", both)]
+        extra = [] if quick else [in_process]
         for label, env in [*profiles, *extra]:
             parts.append(
                 Part(
@@ -163,7 +179,11 @@ def plan(
     if "backlog" in which:
         args = ["--backlog", "1000"] if quick else []
         overlap = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true"}
-        extra = [(", model thread", overlap), (", compiled model on the model thread", both)]
+        extra = [
+            in_process,
+            (", model thread", overlap),
+            (", compiled model on the model thread", both),
+        ]
         for label, env in [*profiles, *([] if quick else extra)]:
             parts.append(
                 Part(
