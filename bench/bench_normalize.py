@@ -98,6 +98,22 @@ def main() -> None:
         fn()
         rows.append((f"spt-stream numpy batch, e0_mode={mode}", mu.shape[0], timed(fn, 2)))
 
+    # The live path: frames one at a time (a micro-batch of 1), same frames as Larch's subset.
+    p_live = NormParams(e0_mode="robust")
+
+    def live() -> None:
+        for i in range(sub.shape[0]):
+            normalize_batch(energy, sub[i : i + 1], p_live)
+
+    live()
+    rows.append(
+        (
+            f"spt-stream numpy, one frame per call ({len(sub)} frames), e0_mode=robust",
+            len(sub),
+            timed(live, 2),
+        )
+    )
+
     import torch
 
     from spt_stream.normalize.torch_kernels import normalize_batch_torch

@@ -228,8 +228,10 @@ class _Plan:
             for i in range(e0.shape[0])
         ]
 
-    def ops(self, e0: FloatArray) -> tuple[Ranges, FloatArray, FloatArray, FloatArray]:
-        """Ranges (b,), vict (b, n), P_pre and P_post (b, n, 3) for the rows' e0 values."""
+    def ops(self, e0: FloatArray) -> tuple[Ranges, list[tuple[list[int], _RowOps]]]:
+        """Ranges (b,) and the rows grouped by operator: ``[(row indices, operators), ...]``
+        (one group per distinct e0: applying each to its rows at once keeps a large batch
+        from copying an (n, 3) projection per row)."""
         if not np.all(np.isfinite(e0)):  # not a cache key (NaN != NaN): compute, keep nothing
             ops = self._compute(e0)
         else:
@@ -259,8 +261,10 @@ class _Plan:
             nnorm=ints(5), nvict=ints(6), npre=ints(7), pre_lo=ints(8), pre_hi=ints(9),
             post_lo=ints(10), post_hi=ints(11),
         )  # fmt: skip
-        vict = np.stack([o.vict for o in ops])
-        return ranges, vict, np.stack([o.p_pre for o in ops]), np.stack([o.p_post for o in ops])
+        groups: dict[int, tuple[list[int], _RowOps]] = {}
+        for i, op in enumerate(ops):
+            groups.setdefault(id(op), ([], op))[0].append(i)
+        return ranges, list(groups.values())
 
 
 @lru_cache(maxsize=16)
@@ -281,17 +285,18 @@ def normalize_core(
     n = energy.shape[0]
     b = mu.shape[0]
     plan = _plan(energy, params)
-    r, vict, p_pre, p_post = plan.ops(np.asarray(e0, dtype=np.float64))
+    r, groups = plan.ops(np.asarray(e0, dtype=np.float64))
     rows = np.arange(b)
-
-    # Pre-edge: a line through mu * (E/Eref)**nvict (the scale Eref cancels exactly), or the
-    # mean of mu when the window is too short (npre = 0).
-    pre_coef = np.matmul((mu * vict)[:, None, :], p_pre)[:, 0, :]
-    pre_edge: FloatArray = (pre_coef @ plan.basis3_t) / vict
-
-    # Post-edge polynomial through mu - pre_edge.
-    post_coef = np.matmul((mu - pre_edge)[:, None, :], p_post)[:, 0, :]
-    poly = post_coef @ plan.basis3_t
+    pre_edge: FloatArray = np.empty((b, n))
+    poly: FloatArray = np.empty((b, n))
+    for idx, op in groups:
+        m = mu if len(idx) == b else mu[idx]
+        # Pre-edge: a line through mu * (E/Eref)**nvict (the scale Eref cancels exactly), or
+        # the mean of mu when the window is too short (npre = 0).
+        pre = ((m * op.vict) @ op.p_pre @ plan.basis3_t) / op.vict
+        # Post-edge polynomial through mu - pre_edge.
+        pre_edge[idx] = pre
+        poly[idx] = (m - pre) @ op.p_post @ plan.basis3_t
     post_edge: FloatArray = pre_edge + poly
 
     raw_step = poly[rows, r.ie0]
