@@ -68,6 +68,7 @@ def _serve(conn: Connection, root: str, block_rows: int, fsync: bool) -> None:
     """The child: answer ``(op, args)`` requests with ``("ok", result)`` or ``("error", ...)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from spt_stream._memory import trim_heap
     from spt_stream.sinks.zarr_trace import ZarrTraceWriter
 
     writer = ZarrTraceWriter(Path(root), block_rows=block_rows, fsync=fsync)
@@ -84,6 +85,8 @@ def _serve(conn: Connection, root: str, block_rows: int, fsync: bool) -> None:
             conn.send(("error", (f"{type(exc).__name__}: {exc}", run_uid)))
         else:
             conn.send(("ok", result))
+            if op == "finalize":  # a run ended: give its freed buffers back (spt_stream._memory)
+                trim_heap()
         if op == "close":
             closed = True
             break
