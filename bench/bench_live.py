@@ -185,9 +185,14 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
     stop = threading.Event()
     watch = _Watch(pipe.engine, int(cfg["expected_stops"]), stop)
     c0 = time.process_time()
+    writer_hwm_mb = 0.0
     try:
         source.run(watch, stop, idle_timeout_s=float(cfg.get("idle_timeout_s", 600)))
     finally:
+        for sink in pipe.sinks:  # ru_maxrss of a child counts the parent's pages at fork
+            pid = getattr(getattr(sink, "writer", None), "pid", None)
+            if pid is not None:
+                writer_hwm_mb += _status_mb(pid, "VmHWM")
         pipe.close()
         source.close()
     sinks = {
@@ -209,8 +214,8 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
         "source": vars(source.stats),
         "cpu_s": time.process_time() - c0,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # the Zarr writer process (ended by pipe.close() above), when the engine runs one
-        "maxrss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        # the Zarr writer process's peak RSS (read before pipe.close() ended it)
+        "maxrss_children_mb": writer_hwm_mb,
         "cpu_children_s": (
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
             + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
@@ -526,13 +531,18 @@ def bench_backlog(
     )
 
 
-def _rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
+    """A memory field of ``/proc/PID/status`` (VmRSS, VmHWM, ...) in MB; NaN if unreadable."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return float("nan")
-    m = re.search(r"VmRSS:\s+(\d+) kB", text)
+    m = re.search(rf"{field}:\s+(\d+) kB", text)
     return int(m.group(1)) / 1024 if m else float("nan")
+
+
+def _rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmRSS")
 
 
 def _children_rss_mb(pid: int) -> float:
