@@ -170,3 +170,11 @@ def test_a_script_without_a_main_guard_can_use_it(tmp_path: Path) -> None:
     assert out.stdout.strip() == "written"
     ds = open_trace(tmp_path / "traces" / "r1.zarr")
     np.testing.assert_array_equal(ds["seq_num"].values, np.arange(5))
+
+
+def test_an_unusable_root_is_reported_with_its_cause(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the trace root should be")
+    with pytest.raises(SinkError, match="could not open the trace root") as info:
+        ZarrWriterProcess(blocker / "traces")
+    assert info.value.source == str(blocker / "traces")

@@ -23,6 +23,7 @@ decides when to finish) and exits when its pipe closes, also when the engine was
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -71,7 +72,13 @@ def _serve(conn: Connection, root: str, block_rows: int, fsync: bool) -> None:
     from spt_stream._memory import trim_heap
     from spt_stream.sinks.zarr_trace import ZarrTraceWriter
 
-    writer = ZarrTraceWriter(Path(root), block_rows=block_rows, fsync=fsync)
+    try:
+        writer = ZarrTraceWriter(Path(root), block_rows=block_rows, fsync=fsync)
+    except BaseException as exc:  # answer the engine's first request (its ping) with the cause
+        with contextlib.suppress(EOFError, OSError):
+            conn.recv()
+            conn.send(("error", (f"{type(exc).__name__}: {exc}", None)))
+        return
     closed = False
     while True:
         try:
@@ -82,11 +89,15 @@ def _serve(conn: Connection, root: str, block_rows: int, fsync: bool) -> None:
             result = None if op == "ping" else getattr(writer, op)(*args)
         except BaseException as exc:  # every failure goes back to the engine
             run_uid = exc.run_uid if isinstance(exc, SptError) else None
-            conn.send(("error", (f"{type(exc).__name__}: {exc}", run_uid)))
+            reply: tuple[str, Any] = ("error", (f"{type(exc).__name__}: {exc}", run_uid))
         else:
-            conn.send(("ok", result))
+            reply = ("ok", result)
             if op == "finalize":  # a run ended: give its freed buffers back (spt_stream._memory)
                 trim_heap()
+        try:
+            conn.send(reply)
+        except OSError:  # the engine died while we wrote: close the stores below
+            break
         if op == "close":
             closed = True
             break
@@ -145,11 +156,17 @@ class ZarrWriterProcess:
                 raise SinkError(
                     f"zarr writer process did not start within {_START_TIMEOUT_S:.0f} s"
                 )
-            conn.recv()
+            status, value = conn.recv()
         except (EOFError, OSError) as exc:
             code = self._exit_code(proc)
             self._discard()
             raise SinkError(f"zarr writer process exited at start (exit code {code})") from exc
+        if status == "error":
+            self._discard()
+            raise SinkError(
+                f"zarr writer process could not open the trace root: {value[0]}",
+                source=str(self.root),
+            )
 
     @staticmethod
     def _exit_code(proc: subprocess.Popen[bytes] | None) -> int | None:
