@@ -8,7 +8,9 @@ from which the status view computes p50/p99 exactly over the recent frames.
 Sinks behind a bounded queue (:class:`~spt_stream.sinks.threaded.ThreadedSink`, the Tiled
 writer) are read at scrape time once :meth:`EngineMetrics.watch_sinks` names them: per sink
 (label ``sink``) the queue's depth, capacity and high-water mark, whether the engine is blocked
-on it right now, and the seconds it has spent blocked (backpressure; see :func:`sink_queues`).
+on it right now, and the seconds it has spent blocked (backpressure; see :func:`sink_queues`);
+for a sink whose writer runs in a child process (the Zarr trace), ``spt_sink_process_starts``
+counts the processes started (above 1: a writer died and was replaced).
 """
 
 from __future__ import annotations
@@ -88,6 +90,20 @@ class _SinkQueueCollector(Collector):
             for key, family in families.items():
                 family.add_metric([q["name"]], float(q[key]))
         yield from families.values()
+        starts = CounterMetricFamily(
+            "spt_sink_process_starts",
+            "Writer processes started per sink (more than 1: a writer died and was restarted)",
+            labels=["sink"],
+        )
+        for i, sink in enumerate(self.sinks):
+            try:
+                n = sink.stats.get("process_starts")
+            except Exception:  # a broken stats property must not break a scrape
+                continue
+            if n is not None:
+                name = getattr(sink, "name", None)
+                starts.add_metric([name if isinstance(name, str) else f"sink{i}"], float(n))
+        yield starts
 
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

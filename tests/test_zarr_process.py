@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from spt_stream.errors import SinkError
+from spt_stream.metrics import EngineMetrics
 from spt_stream.sinks.threaded import ZarrSink
 from spt_stream.sinks.zarr_process import ZarrWriterProcess
 from spt_stream.sinks.zarr_trace import open_trace
@@ -102,6 +103,9 @@ def test_a_killed_child_fails_the_write_and_a_new_one_resumes_the_store(tmp_path
     sink.flush()
     assert writer.starts == 2
     assert writer.pid != first
+    metrics = EngineMetrics()
+    metrics.watch_sinks([sink])
+    assert b'spt_sink_process_starts_total{sink="zarr"} 2.0' in metrics.exposition()
     sink.close()
     ds = open_trace(tmp_path / "r1.zarr")
     np.testing.assert_array_equal(ds["seq_num"].values, np.arange(30))

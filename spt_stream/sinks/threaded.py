@@ -278,6 +278,17 @@ class ZarrSink(ThreadedSink):
         )
         super().__init__(self.writer, name="zarr", max_delay_s=max_delay_s, **kw)
 
+    @property
+    def stats(self) -> Mapping[str, int | float]:
+        """:attr:`ThreadedSink.stats`, plus ``process_starts`` (writer processes started: 1,
+        and one more for every restart after one died) when the writer runs in a child."""
+        base = super().stats
+        from spt_stream.sinks.zarr_process import ZarrWriterProcess
+
+        if isinstance(self.writer, ZarrWriterProcess):
+            return {**base, "process_starts": self.writer.starts}
+        return base
+
     def committed_seq_nums(self, run_uid: str) -> set[int]:
         from spt_stream.sinks.zarr_trace import committed_seq_nums, trace_path
 
