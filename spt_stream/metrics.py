@@ -36,7 +36,8 @@ def sink_queues(sinks: Sequence[Any]) -> list[dict[str, Any]]:
     """The queue of every sink that has one, from its ``stats``: ``name``, ``queue_capacity``,
     ``queue_depth``, ``queue_high_water`` (in the sink's unit: batches for a ThreadedSink,
     rows for Tiled), ``blocked`` (bool: the engine waits on the full queue now) and
-    ``blocked_s`` (seconds it has waited in all). Sinks whose stats fail are left out."""
+    ``blocked_s`` (seconds it has waited in all); ``process_starts`` where the sink's writer
+    runs in a child process. Sinks whose stats fail are left out."""
     out: list[dict[str, Any]] = []
     for i, sink in enumerate(sinks):
         try:
@@ -51,6 +52,8 @@ def sink_queues(sinks: Sequence[Any]) -> list[dict[str, Any]]:
             entry[key] = stats.get(key, 0)
         entry["blocked"] = bool(entry["blocked"])
         entry["blocked_s"] = float(entry["blocked_s"])
+        if "process_starts" in stats:  # the writer runs in a child process
+            entry["process_starts"] = int(stats["process_starts"])
         out.append(entry)
     return out
 
@@ -86,23 +89,17 @@ class _SinkQueueCollector(Collector):
                 labels=["sink"],
             ),
         }
-        for q in sink_queues(self.sinks):
-            for key, family in families.items():
-                family.add_metric([q["name"]], float(q[key]))
-        yield from families.values()
         starts = CounterMetricFamily(
             "spt_sink_process_starts",
             "Writer processes started per sink (more than 1: a writer died and was restarted)",
             labels=["sink"],
         )
-        for i, sink in enumerate(self.sinks):
-            try:
-                n = sink.stats.get("process_starts")
-            except Exception:  # a broken stats property must not break a scrape
-                continue
-            if n is not None:
-                name = getattr(sink, "name", None)
-                starts.add_metric([name if isinstance(name, str) else f"sink{i}"], float(n))
+        for q in sink_queues(self.sinks):
+            for key, family in families.items():
+                family.add_metric([q["name"]], float(q[key]))
+            if "process_starts" in q:
+                starts.add_metric([q["name"]], float(q["process_starts"]))
+        yield from families.values()
         yield starts
 
 

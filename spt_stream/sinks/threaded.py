@@ -283,11 +283,8 @@ class ZarrSink(ThreadedSink):
         """:attr:`ThreadedSink.stats`, plus ``process_starts`` (writer processes started: 1,
         and one more for every restart after one died) when the writer runs in a child."""
         base = super().stats
-        from spt_stream.sinks.zarr_process import ZarrWriterProcess
-
-        if isinstance(self.writer, ZarrWriterProcess):
-            return {**base, "process_starts": self.writer.starts}
-        return base
+        starts = getattr(self.writer, "starts", None)  # ZarrWriterProcess only
+        return base if starts is None else {**base, "process_starts": starts}
 
     def committed_seq_nums(self, run_uid: str) -> set[int]:
         from spt_stream.sinks.zarr_trace import committed_seq_nums, trace_path
