@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from spt_stream.errors import ConfigError
@@ -194,11 +202,29 @@ class EngineSettings(BaseSettings):
     #: CPU threads for the model and the numeric kernels (torch, BLAS); None = one per core
     #: minus one (at least one), leaving a core to the engine's I/O threads.
     compute_threads: int | None = Field(None, ge=1)
-    #: Run the model through ``torch.compile`` (TorchInductor): on CPU ~3x faster at batch 1
-    #: and ~1.6x at batch 64 (docs/BENCHMARKS.md), for a one-time compile of ~25 s per batch
-    #: shape (4 shapes at the default batch size) when the on-disk cache is cold, seconds after.
-    compile_model: bool = False
+    #: How the model runs. ``auto`` (default): ``aot`` on the CPU when a C++ compiler is
+    #: present, else ``eager``; ``eager`` on CUDA. ``aot``: compiled ahead of time by
+    #: AOTInductor (CPU; one compile of ~40 s the first time per model, torch and CPU, cached in
+    #: ``model_cache_dir``; its forward pass runs without the interpreter lock, so the engine's
+    #: other threads cannot stall it). ``compile``: ``torch.compile`` with batches padded to
+    #: bucket shapes. ``eager``: plain PyTorch. Numbers in docs/BENCHMARKS.md.
+    model_backend: Literal["auto", "eager", "compile", "aot"] = "auto"
+    #: Where ``aot`` packages are kept; None = ``$XDG_CACHE_HOME/spt-stream/aot`` or
+    #: ``~/.cache/spt-stream/aot``.
+    model_cache_dir: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compile_model_alias(cls, data: Any) -> Any:
+        # ``compile_model: true`` (configs written before ``model_backend``) = backend compile.
+        if isinstance(data, dict) and "compile_model" in data:
+            data = dict(data)
+            if data.pop("compile_model") in (True, "true", "True", "1", 1) and data.get(
+                "model_backend", "auto"
+            ) in ("auto", None):
+                data["model_backend"] = "compile"
+        return data
 
     @field_validator("beamline")
     @classmethod

@@ -11,12 +11,20 @@ shapes, :meth:`Predictor.bucket_sizes`, each compiled once at warm-up; rows do n
 padding never changes a real row's result). Compiling costs about 25 s per shape on one CPU core
 the first time; TorchInductor caches the result on disk, so later starts take seconds.
 
+``backend="aot"`` (CPU) runs the model compiled ahead of time by AOTInductor
+(:mod:`spt_stream.aot`): one compile for every batch size, cached on disk per model, torch and
+CPU, and a forward pass that never takes the interpreter lock (the engine's other threads cannot
+stall it). ``backend="auto"`` picks it on the CPU when a C++ compiler is present and falls back
+to the eager model, with a warning, when compilation is impossible or fails; on CUDA it picks the
+eager model (bf16 autocast).
+
 Rows with non-finite input are not sent through the network's result: they come back with NaN
 descriptors, ``valid=False`` and ``ood=True``, so one bad frame never spoils its batch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +35,17 @@ import numpy.typing as npt
 import torch
 
 from spt_stream.checkpoint import CheckpointMetadata, default_checkpoint_path, load_checkpoint
-from spt_stream.errors import CheckpointError, SptValueError
+from spt_stream.errors import CheckpointError, ModelError, SptValueError
 from spt_stream.models import SPTInference
 
-__all__ = ["PredictionBatch", "Predictor"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "PredictionBatch", "Predictor"]
 
 F32 = npt.NDArray[np.float32]
+#: How the network runs: ``eager`` PyTorch, ``compile`` (torch.compile, static bucket shapes),
+#: ``aot`` (AOTInductor package, CPU), ``auto`` (``aot`` on the CPU when possible, else eager).
+Backend = Literal["auto", "eager", "compile", "aot"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,9 @@ class Predictor:
         precision: Literal["auto", "fp32", "bf16"] = "auto",
         compile: bool = False,
         max_batch: int = 512,
+        *,
+        backend: Backend | None = None,
+        aot_cache_dir: str | Path | None = None,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -100,8 +116,16 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.max_batch = int(max_batch)
         self.autocast = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        self.compiled = bool(compile)
-        self._forward: Any = torch.compile(self.model, dynamic=False) if compile else self.model
+        chosen: Backend = backend if backend is not None else ("compile" if compile else "eager")
+        #: What ran the compile/load of an ``aot`` model (path, key, compiled, seconds).
+        self.aot_info: dict[str, Any] | None = None
+        self.backend: Backend = self._resolve_backend(chosen, aot_cache_dir)
+        self.compiled = self.backend == "compile"
+        self._forward: Any
+        if self.backend == "compile":
+            self._forward = torch.compile(self.model, dynamic=False)
+        elif self.backend == "eager":
+            self._forward = self.model
         cfg = model.cfg
         self.n_points = cfg.n_points
         self.descriptor_names: tuple[str, ...] = tuple(h.name for h in cfg.heads)
@@ -114,6 +138,37 @@ class Predictor:
             self._pinned = torch.empty(
                 (self.max_batch, self.n_points), dtype=torch.float32
             ).pin_memory()
+
+    def _resolve_backend(self, chosen: Backend, cache_dir: str | Path | None) -> Backend:
+        """Settle ``auto``, and for ``aot`` compile or load the package (sets ``_forward``)."""
+        if chosen == "auto":
+            if self.device.type != "cpu":
+                return "eager"
+            from spt_stream.aot import aot_available
+
+            why = aot_available()
+            if why is not None:
+                log.warning("model backend auto: %s; running the eager model", why)
+                return "eager"
+        elif chosen != "aot":
+            return chosen
+        if self.device.type != "cpu":
+            raise ModelError(
+                f"model backend 'aot' is built for the CPU here, not {self.device.type!r} "
+                "(use 'eager' or 'compile' on a GPU)"
+            )
+        from spt_stream.aot import aot_forward
+
+        try:
+            self._forward, self.aot_info = aot_forward(
+                self.model, max_batch=self.max_batch, device=self.device, cache_dir=cache_dir
+            )
+        except ModelError as exc:
+            if chosen == "aot":
+                raise
+            log.warning("model backend auto: %s; running the eager model", exc)
+            return "eager"
+        return "aot"
 
     @classmethod
     def from_checkpoint(

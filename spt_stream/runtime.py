@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import SecretStr
@@ -24,6 +24,9 @@ from spt_stream.engine import CommitFn, Engine
 from spt_stream.metrics import EngineMetrics
 from spt_stream.sinks.base import TraceSink
 from spt_stream.sinks.rows import Column2D
+
+if TYPE_CHECKING:
+    from spt_stream.predictor import Backend
 
 __all__ = [
     "ModelRunner",
@@ -101,18 +104,32 @@ class ModelRunner:
         threads: int | None = None,
         *,
         compile: bool = False,
+        backend: Backend | None = None,
+        cache_dir: Path | None = None,
         max_batch: int = 64,
     ) -> None:
         from spt_stream.checkpoint import default_checkpoint_path
         from spt_stream.predictor import Predictor
 
         self.path = Path(model) if model is not None else default_checkpoint_path()
-        self.predictor = Predictor.from_checkpoint(model, device=device, compile=compile)
-        if self.predictor.device.type == "cpu":
-            self.threads: int | None = limit_compute_threads(threads)
+        if backend is None:
+            backend = "compile" if compile else "eager"
+        import torch
+
+        on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        # Before the model is built: an ``aot`` package is compiled for the thread count that
+        # will run it (see spt_stream.aot.aot_cache_key).
+        self.threads: int | None = limit_compute_threads(threads) if on_cpu else None
+        self.predictor = Predictor.from_checkpoint(
+            model, device=device, backend=backend, aot_cache_dir=cache_dir
+        )
+        aot = self.predictor.aot_info
+        if aot is not None:
+            how = "compiled" if aot["compiled"] else "loaded"
+            log.info("model backend aot: %s %s in %.1f s", how, aot["path"], aot["seconds"])
         else:
-            self.threads = None
-        if compile:
+            log.info("model backend %s", self.predictor.backend)
+        if self.predictor.compiled:
             log.info(
                 "compiling the model for batch sizes %s (cached on disk after the first time)",
                 self.predictor.bucket_sizes(max_batch),
@@ -130,6 +147,7 @@ class ModelRunner:
             "device": str(self.predictor.device),
             "ood_threshold": self.predictor.ood_threshold,
             "compiled": self.predictor.compiled,
+            "backend": self.predictor.backend,
         }
 
     @property
@@ -198,7 +216,8 @@ def build_pipeline(
         settings.model,
         device=settings.device,
         threads=settings.compute_threads,
-        compile=settings.compile_model,
+        backend=settings.model_backend,
+        cache_dir=settings.model_cache_dir,
         max_batch=settings.batch.max_size,
     )
     sinks: list[TraceSink] = [
