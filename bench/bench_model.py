@@ -1,7 +1,7 @@
 """SPT inference benchmark: batch-1 latency and throughput vs batch size.
 
     .venv/bin/python bench/bench_model.py [--threads 2] [--batches 1,8,64,256,512] [--bf16]
-        [--compile] [--device cpu|cuda] [--model CHECKPOINT]
+        [--compile] [--aot] [--device cpu|cuda] [--model CHECKPOINT]
 
 Prints a markdown table (median of repeated timings of ``SPTInference.forward``, the whole
 served pass: network, temperature scaling, de-standardization, OOD score) plus the
@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument(
+        "--aot", action="store_true", help="also time the AOTInductor package (CPU; engine default)"
+    )
     ap.add_argument("--model", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,6 +67,14 @@ def main() -> None:
         variants.append(("bf16", model, True))
     if args.compile:
         variants.append(("fp32 compiled", torch.compile(model, dynamic=False), False))
+    if args.aot and dev.type == "cpu":
+        from spt_stream.aot import aot_forward
+
+        biggest = max(int(s) for s in args.batches.split(","))
+        fwd, info = aot_forward(model, max_batch=max(512, biggest), device=dev)
+        how = "compiled" if info["compiled"] else "loaded from the cache"
+        print(f"AOT package {how} in {info['seconds']:.1f} s")
+        variants.append(("fp32 AOT (lock-free runner)", fwd, False))
 
     def sync() -> None:
         if dev.type == "cuda":

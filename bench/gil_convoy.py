@@ -7,7 +7,7 @@ forward pass (one compute thread) alone and with a pure-Python spinning thread b
 what the spinner achieved meanwhile. It is why the engine keeps Python work off the model's
 process where it can (the Zarr writer in a child process) and why ``batch.overlap`` is off.
 
-    .venv/bin/python bench/gil_convoy.py [--compile] [--batch 64] [--repeats 20]
+    .venv/bin/python bench/gil_convoy.py [--compile] [--aot] [--batch 64] [--repeats 20]
 """
 
 from __future__ import annotations
@@ -29,15 +29,26 @@ def _forward_ms(runner: Any, x: np.ndarray, n: int) -> float:
     return (time.perf_counter() - t) / n * 1e3
 
 
-def _spin(stop: threading.Event) -> None:
-    n = 0
+def _spin(stop: threading.Event, count: list[int]) -> None:
     while not stop.is_set():
-        n += 1
+        count[0] += 1
+
+
+def _spin_rate(seconds: float) -> float:
+    """Iterations per second of the spinner with nothing beside it."""
+    stop, count = threading.Event(), [0]
+    th = threading.Thread(target=_spin, args=(stop, count), daemon=True)
+    th.start()
+    time.sleep(seconds)
+    stop.set()
+    th.join()
+    return count[0] / seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--compile", action="store_true", help="also the torch.compile'd model")
+    ap.add_argument("--aot", action="store_true", help="also the AOTInductor package (default)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
@@ -46,22 +57,34 @@ def main() -> None:
     from spt_stream.runtime import ModelRunner
 
     print(f"switch interval {sys.getswitchinterval() * 1e3:.1f} ms, batch {args.batch}\n")
-    print("| model | forward alone ms | with a Python thread spinning ms | slowdown |")
-    print("|---|---:|---:|---:|")
-    for compiled in (False, True) if args.compile else (False,):
-        runner = ModelRunner(load_settings(None).model, device="cpu", threads=1, compile=compiled)
+    print(
+        "| model | forward alone ms | with a Python thread spinning ms | slowdown "
+        "| spinner's pace meanwhile (% of alone) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    backends = ["eager", *(["compile"] if args.compile else []), *(["aot"] if args.aot else [])]
+    for backend in backends:
+        runner = ModelRunner(load_settings(None).model, device="cpu", threads=1, backend=backend)
         x = np.random.default_rng(0).normal(size=(args.batch, 224)).astype(np.float32)
         _forward_ms(runner, x, 3)
         alone = _forward_ms(runner, x, args.repeats)
-        stop = threading.Event()
-        th = threading.Thread(target=_spin, args=(stop,), daemon=True)
+        pace = _spin_rate(0.3)
+        stop, count = threading.Event(), [0]
+        th = threading.Thread(target=_spin, args=(stop, count), daemon=True)
         th.start()
         time.sleep(0.1)
+        c0, t0 = count[0], time.perf_counter()
         contended = _forward_ms(runner, x, max(2, args.repeats // 4))
+        spun = (count[0] - c0) / (time.perf_counter() - t0)
         stop.set()
         th.join()
-        name = "compiled" if compiled else "eager"
-        print(f"| {name} | {alone:.1f} | {contended:.1f} | {contended / alone:.0f}x |", flush=True)
+        names = {"compile": "compiled", "aot": "AOT package (lock-free runner)"}
+        name = names.get(backend, backend)
+        print(
+            f"| {name} | {alone:.1f} | {contended:.1f} | {contended / alone:.1f}x "
+            f"| {100 * spun / pace:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

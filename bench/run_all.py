@@ -7,14 +7,14 @@ process tree, one at a time, never two benchmarks competing for the CPU):
 
 1. ``normalize``: bench_normalize.py, spt-stream's batch kernels vs xraylarch ``pre_edge``;
 2. ``model``: bench_model.py, latency and throughput vs batch size on the CPU at the engine's
-   thread cap (cores - 1, at least 1) and on every core; on a GPU too when ``torch.cuda`` has one
-   (fp32, bf16 autocast, fp32 compiled); and gil_convoy.py, the forward pass beside a
-   Python-busy thread;
+   thread cap (cores - 1, at least 1; eager, torch.compile and the AOT package) and on every
+   core; on a GPU too when ``torch.cuda`` has one (fp32, bf16 autocast, fp32 compiled); and
+   gil_convoy.py, the forward pass beside a Python-busy thread;
 3. ``ingest``: bench_ingest.py, reading a backlog of documents from Kafka;
 4. ``latency``: bench_live.py --only latency, 10 / 100 / 500 frames/s through the whole engine
-   (as packaged, compiled model, Zarr writer in the engine's process);
+   (as packaged = the AOT package; the eager model; the torch.compile'd model);
 5. ``backlog``: bench_live.py --only backlog, backlog throughput (Zarr only; Zarr + feedback;
-   the same profiles, plus the model thread with and without the compiled model);
+   the same profiles, plus the model thread with the AOT package and with the eager model);
 6. ``memory``: bench_live.py --only memory, RSS of ``spt-stream run`` over 100,000 frames;
 7. ``naive``: naive_pipeline.py, the ecosystem pipeline (RemoteDispatcher -> per-frame Larch ->
    per-frame model -> per-row Zarr appends / TiledWriter) on the same documents.
@@ -47,8 +47,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 PARTS = ("normalize", "model", "ingest", "latency", "backlog", "memory", "naive")
-#: Environment of the engine process for the "compiled model" profile (see bench_live.py).
-COMPILED = {"BENCH_ENGINE_ENV": "SPT_COMPILE_MODEL=true"}
+#: Engine environments of the comparison profiles (see bench_live.py): the model backends other
+#: than the packaged default (``auto`` = the AOTInductor package on the CPU).
+EAGER = {"BENCH_ENGINE_ENV": "SPT_MODEL_BACKEND=eager"}
+COMPILED = {"BENCH_ENGINE_ENV": "SPT_MODEL_BACKEND=compile"}
 
 
 @dataclass
@@ -108,12 +110,12 @@ def plan(
         batches = "1,8,64" if quick else "1,8,64,256,512"
         threads = [cap] if quick else sorted({cap, _cores()})
         for t in threads:
-            compiled = ["--compile"] if t == cap else []  # eager and compiled, same run
+            compiled = ["--compile", "--aot"] if t == cap else []  # all backends, same run
             parts.append(
                 Part(
                     "model",
                     f"Model vs batch size, CPU, {t} thread{'s' if t > 1 else ''}"
-                    + (" (the engine's cap; eager and torch.compile)" if t == cap else ""),
+                    + (" (the engine's cap; eager, compiled, AOT)" if t == cap else ""),
                     [
                         py,
                         script("bench_model.py"),
@@ -144,7 +146,7 @@ def plan(
                     ],
                 )
             )
-        gil = ["--repeats", "4"] if quick else ["--compile"]
+        gil = ["--repeats", "4", "--aot"] if quick else ["--compile", "--aot"]
         parts.append(
             Part(
                 "model",
@@ -156,18 +158,15 @@ def plan(
         args = ["--events", "2000", "--repeat", "1"] if quick else []
         parts.append(Part("ingest", "Kafka ingest", [py, script("bench_ingest.py"), *args]))
     live = script("bench_live.py")
-    # The engine as packaged (eager model) and with the compiled model (``compile_model``).
-    profiles = [("", {})] if quick else [("", {}), (", compiled model", COMPILED)]
-    both = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true,SPT_COMPILE_MODEL=true"}
-    # the Zarr writer on a thread of the engine's process (the default before zarr.process)
-    in_process = (
-        ", Zarr writer in the engine's process",
-        {"BENCH_ENGINE_ENV": "SPT_ZARR__PROCESS=false"},
+    # The engine as packaged (AOT package) and with the eager and torch.compile'd models.
+    profiles = (
+        [("", {})]
+        if quick
+        else [("", {}), (", eager model", EAGER), (", torch.compile'd model", COMPILED)]
     )
     if "latency" in which:
         args = ["--seconds", "2"] if quick else []
-        extra = [] if quick else [in_process]
-        for label, env in [*profiles, *extra]:
+        for label, env in profiles:
             parts.append(
                 Part(
                     "latency",
@@ -178,11 +177,12 @@ def plan(
             )
     if "backlog" in which:
         args = ["--backlog", "1000"] if quick else []
-        overlap = {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true"}
         extra = [
-            in_process,
-            (", model thread", overlap),
-            (", compiled model on the model thread", both),
+            (", model thread", {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true"}),
+            (
+                ", eager model on the model thread",
+                {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true,SPT_MODEL_BACKEND=eager"},
+            ),
         ]
         for label, env in [*profiles, *([] if quick else extra)]:
             parts.append(

@@ -92,6 +92,21 @@ def _num(v: Any) -> float | None:
     return f if np.isfinite(f) else None
 
 
+class _Packed(torch.nn.Module):
+    """The served model with its four outputs packed into one (B, K) float32 tensor, columns as
+    :meth:`Predictor._unpack` reads them: what the ``aot`` backend compiles."""
+
+    def __init__(self, model: SPTInference) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = model.cfg
+
+    def forward(self, x: torch.Tensor, element: torch.Tensor) -> tuple[torch.Tensor]:
+        values, stds, probs, ood = self.model(x, element)
+        packed = torch.cat([values.float(), stds.float(), probs.float(), ood.float()[:, None]], 1)
+        return (packed,)
+
+
 class Predictor:
     """A loaded SPT model ready to serve (see module doc)."""
 
@@ -161,8 +176,9 @@ class Predictor:
 
         try:
             self._forward, self.aot_info = aot_forward(
-                self.model, max_batch=self.max_batch, device=self.device, cache_dir=cache_dir
-            )
+                _Packed(self.model), max_batch=self.max_batch, device=self.device,
+                cache_dir=cache_dir,
+            )  # fmt: skip
         except ModelError as exc:
             if chosen == "aot":
                 raise
@@ -242,6 +258,13 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, x: F32, el: npt.NDArray[np.int64]) -> F32:
+        if self.backend == "aot":
+            # One foreign call, outputs already packed (_Packed): the interpreter lock is
+            # given up and taken back once per batch, not around a dozen small tensor ops
+            # (each a wait of up to the switch interval while another thread runs Python).
+            (packed_aot,) = self._forward(torch.from_numpy(x), torch.from_numpy(el))
+            out: F32 = packed_aot.numpy()
+            return out
         b = x.shape[0]
         n = b
         if self.compiled:  # static shapes: pad to the next bucket

@@ -88,40 +88,41 @@ def test_second_start_loads_from_the_cache(cache: Path, compiled: Predictor) -> 
     assert np.array_equal(again.predict(x, el).values["os"], compiled.predict(x, el).values["os"])
 
 
-def test_forward_runs_without_the_interpreter_lock(compiled: Predictor, eager: Predictor) -> None:
-    """A pure-Python thread beside it: the AOT batch forward keeps its pace; the eager one's
-    per-operator lock take-backs wait behind the spinner (the reason for the backend)."""
-    x, el = _inputs(eager, 64)
+def test_forward_runs_without_the_interpreter_lock(compiled: Predictor) -> None:
+    """Python keeps running beside the forward pass: a thread counting in pure Python gets
+    more done beside a loop of batch-512 forward passes through the package runner than beside
+    the same package run by torch's loader, which holds the interpreter lock for every call
+    (measured: 97 % vs 18 % of the counter's pace alone)."""
+    assert compiled.aot_info is not None
+    assert isinstance(compiled._forward, aot._NativeRunner)
+    x = torch.rand(512, compiled.n_points)
+    el = torch.full((512,), 7, dtype=torch.int64)
+    loader = torch._inductor.aoti_load_package(compiled.aot_info["path"])
 
-    def timed(p: Predictor, n: int) -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            p.predict(x, el)
-        return (time.perf_counter() - t) / n
+    def count_beside(forward: object) -> int:
+        stop = threading.Event()
 
-    stop = threading.Event()
+        def work() -> None:
+            with torch.inference_mode():
+                while not stop.is_set():
+                    forward(x, el)  # type: ignore[operator]
 
-    def spin() -> None:
-        while not stop.is_set():
-            pass
-
-    timed(compiled, 2)
-    th = threading.Thread(target=spin, daemon=True)
-    th.start()
-    try:
-        aot_s = timed(compiled, 5)
-        eager_s = timed(eager, 1)
-    finally:
+        th = threading.Thread(target=work, daemon=True)
+        th.start()
+        time.sleep(0.05)
+        n, end = 0, time.perf_counter() + 0.6
+        while time.perf_counter() < end:
+            n += 1
         stop.set()
         th.join()
-    # Not a speed target: the eager pass beside a spinner is >10x slower on any machine measured
-    # (docs/BENCHMARKS.md); the AOT pass does not take the lock per operator, so it is faster.
-    assert aot_s < eager_s
+        return n
+
+    assert count_beside(compiled._forward) > 2 * count_beside(loader)
 
 
-def test_damaged_package_is_rebuilt(tmp_path: Path, eager: Predictor) -> None:
-    key = aot.aot_cache_key(eager.model, eager.max_batch, torch.device("cpu"))
-    bad = tmp_path / f"spt-{key}.pt2"
+def test_damaged_package_is_rebuilt(tmp_path: Path, eager: Predictor, compiled: Predictor) -> None:
+    assert compiled.aot_info is not None
+    bad = tmp_path / Path(compiled.aot_info["path"]).name  # the name this model's package gets
     bad.write_bytes(b"not a package")
     p = Predictor.from_checkpoint(None, device="cpu", backend="aot", aot_cache_dir=tmp_path)
     assert p.aot_info is not None
