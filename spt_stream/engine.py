@@ -14,12 +14,14 @@ normalizes the next batch: on a 2-core machine the model's forward pass (which r
 GIL) no longer adds to the rest of the per-frame cost. The worker holds at most one batch
 running and one waiting; every point that must see all earlier batches written (a run's stop,
 offset commits, sink flushes, close) first waits for it to drain, and an error raised there
-(e.g. the primary trace failing) is raised again on the transport's thread. On the 2-core
-development machine it measured SLOWER, hence off: torch takes the GIL back after every
-operator, and while another thread runs Python each of those waits up to the switch interval
-(the batch-64 forward pass beside a Python-busy thread: 40 ms -> 3.0 s eager, 23 ms -> 0.67 s
-compiled; docs/BENCHMARKS.md). It is there for machines with cores to spare and for CUDA, where
-the forward pass waits on the device.
+(e.g. the primary trace failing) is raised again on the transport's thread. It pays only when
+the forward pass runs without the interpreter lock: the eager and torch.compile'd models take
+the GIL back after every operator, and while another thread runs Python each of those waits up
+to the switch interval (the batch-64 forward pass beside a Python-busy thread: 40 ms -> 3.0 s
+eager, 23 ms -> 0.67 s compiled), so with them it measured slower. The AOT model (the default
+on the CPU, :mod:`spt_stream.aot`) is one lock-free foreign call per batch: with it the model
+thread raises the backlog rate on 2 cores, while live latency at 100 frames/s does not improve
+(docs/BENCHMARKS.md), hence still off by default: turn it on for replays and catch-up.
 
 Backpressure is structural: the transport calls the engine synchronously, so a slow batch or a
 full sink queue slows the consumer, and memory stays bounded by the batch size, the worker's

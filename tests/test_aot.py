@@ -213,3 +213,20 @@ def test_engine_on_the_aot_model(tmp_path: Path, cache: Path, compiled: Predicto
     norm = ds["norm"].values.astype(np.float32)
     ref = Predictor.from_checkpoint(None, device="cpu", backend="eager").predict(norm, ["Co"] * 30)
     assert np.allclose(ds["os"].values, ref.values["os"], atol=1e-4)
+
+
+def test_torch_loader_when_the_c_interface_is_unusable(
+    monkeypatch: pytest.MonkeyPatch, cache: Path, compiled: Predictor, eager: Predictor
+) -> None:
+    """A torch whose package library lacks the C entry points the runner calls: the package
+    still runs, through torch's own loader (which holds the interpreter lock)."""
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise AttributeError("undefined symbol: AOTInductorModelContainerRun")
+
+    monkeypatch.setattr(aot._NativeRunner, "__init__", missing)
+    p = Predictor.from_checkpoint(None, device="cpu", backend="aot", aot_cache_dir=cache)
+    assert p.backend == "aot"
+    assert not isinstance(p._forward, aot._NativeRunner)
+    x, el = _inputs(eager, 5)
+    assert np.allclose(p.predict(x, el).values["os"], eager.predict(x, el).values["os"], atol=1e-4)
