@@ -93,7 +93,12 @@ def run_demo(
         )
         console.print("[bold]2/5[/bold] loading the SPT model and starting the engine")
         source = KafkaDocumentSource(settings.kafka)
-        pipeline = build_pipeline(settings, commit=source.commit)
+        first = "the first time on this machine the model is compiled ahead of time, ~30-40 s"
+        with console.status(f"loading the model ({first})"):
+            pipeline = build_pipeline(settings, commit=source.commit)
+        info = pipeline.model.info
+        console.print(f"    model {info['name']} {info['version']} on {info['device']}, "
+                      f"backend {info.get('backend', '?')}")  # fmt: skip
         stop = threading.Event()
         errors: list[BaseException] = []
 
