@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "run",
     "replay",
     "predict",
+    "compile_model",
     "normalize",
     "train",
     "simulate",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,18 @@ def eager() -> Predictor:
 
 
 @pytest.fixture(scope="module")
-def compiled(cache: Path) -> Predictor:
-    p = Predictor.from_checkpoint(None, device="cpu", backend="aot", aot_cache_dir=cache)
-    assert p.aot_info is not None
-    assert p.aot_info["compiled"] is True
-    return p
+def compiled(cache: Path) -> Iterator[Predictor]:
+    """Compiled with one compute thread, as the engine on a 2-core machine (the thread count is
+    part of the package's key), so the engine and the CLI below find this package."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        p = Predictor.from_checkpoint(None, device="cpu", backend="aot", aot_cache_dir=cache)
+        assert p.aot_info is not None
+        assert p.aot_info["compiled"] is True
+        yield p
+    finally:
+        torch.set_num_threads(before)
 
 
 def _inputs(eager: Predictor, n: int) -> tuple[np.ndarray, list[str]]:
@@ -191,6 +199,7 @@ def test_engine_on_the_aot_model(tmp_path: Path, cache: Path, compiled: Predicto
             "model_backend": "aot",
             "model_cache_dir": cache,
             "device": "cpu",
+            "compute_threads": 1,
         },
     )
     pipe = build_pipeline(settings, dead_letter=MemoryDeadLetter())
@@ -230,3 +239,26 @@ def test_torch_loader_when_the_c_interface_is_unusable(
     assert not isinstance(p._forward, aot._NativeRunner)
     x, el = _inputs(eager, 5)
     assert np.allclose(p.predict(x, el).values["os"], eager.predict(x, el).values["os"], atol=1e-4)
+
+
+def test_compile_model_command_uses_the_engines_cache(
+    monkeypatch: pytest.MonkeyPatch, cache: Path, compiled: Predictor, tmp_path: Path
+) -> None:
+    """``spt-stream compile-model`` builds/finds the very package the engine will load (same
+    settings, same thread cap), and names a bad checkpoint instead of failing obscurely."""
+    from typer.testing import CliRunner
+
+    from spt_stream.cli import app
+
+    assert compiled.aot_info is not None
+    monkeypatch.setenv("SPT_MODEL_CACHE_DIR", str(cache))
+    monkeypatch.setenv("SPT_COMPUTE_THREADS", "1")
+    res = CliRunner().invoke(app, ["compile-model"])
+    assert res.exit_code == 0, res.output
+    assert "already cached" in res.output
+    assert Path(compiled.aot_info["path"]).name in res.output
+    bad = tmp_path / "nope.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    res = CliRunner().invoke(app, ["compile-model", "--model", str(bad)])
+    assert res.exit_code == 1
+    assert "nope.safetensors" in res.output
