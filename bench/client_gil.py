@@ -81,7 +81,12 @@ def main() -> None:
     from spt_stream.config import load_settings
     from spt_stream.runtime import ModelRunner
 
-    runner = ModelRunner(load_settings(None).model, device="cpu", threads=1, compile=args.compile)
+    runner = ModelRunner(
+        load_settings(None).model,
+        device="cpu",
+        threads=1,
+        backend="compile" if args.compile else "eager",
+    )
     clients: list[tuple[str, Callable[[str, str, threading.Event], None] | None]] = [
         ("no Kafka client", None),
         ("kafka-python consumer, idle topic", _kafka_python),

@@ -4,7 +4,8 @@
 ``(x (B, G) float32, element (B,) int64) -> (values, stds, probs, ood_score)`` for any batch size
 1..``max_batch``: the model is exported once with a dynamic batch dimension, compiled by
 TorchInductor into a shared library of C++ kernels plus a C++ runner (``torch._inductor.
-aoti_compile_and_package``) and loaded with ``aoti_load_package``.
+aoti_compile_and_package``), and called through that library's C interface
+(:class:`_NativeRunner`; torch's ``aoti_load_package`` only when that interface is unusable).
 
 Why the engine prefers it on the CPU (numbers in docs/BENCHMARKS.md):
 
@@ -19,9 +20,10 @@ Why the engine prefers it on the CPU (numbers in docs/BENCHMARKS.md):
   other thread runs meanwhile); this runner lets both go on;
 * one compile covers every batch size (no padding to buckets).
 
-The first start with a given checkpoint, torch version and CPU compiles for ~40 s on one core;
-the package is then kept in ``cache_dir`` (default ``$XDG_CACHE_HOME/spt-stream/aot`` or
-``~/.cache/spt-stream/aot``) under a key naming all three, so later starts load it in
+The first start with a given checkpoint, torch version, CPU and thread count compiles for
+30-40 s on one core; the package is then kept in ``cache_dir`` (default
+``$XDG_CACHE_HOME/spt-stream/aot`` or ``~/.cache/spt-stream/aot``) under a key naming all of
+them (:func:`aot_cache_key`), so later starts load it in
 milliseconds. Several engines starting at once compile once (a lock file); a package that fails
 to load is compiled again. The package is a native library this process wrote itself; nothing
 received from a network is ever loaded here.
@@ -71,13 +73,9 @@ def default_cache_dir() -> Path:
 
 def aot_available() -> str | None:
     """``None`` when AOT compilation can run here, else why not (in words)."""
-    cxx = os.environ.get("CXX") or "c++"
-    if (
-        shutil.which(cxx) is None
-        and shutil.which("g++") is None
-        and shutil.which("clang++") is None
-    ):
-        return f"no C++ compiler found ({cxx}, g++, clang++ not on PATH)"
+    names = (os.environ.get("CXX") or "c++", "g++", "clang++")
+    if not any(shutil.which(n) for n in names):
+        return f"no C++ compiler found ({', '.join(names)} not on PATH)"
     return None
 
 

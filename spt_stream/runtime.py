@@ -103,8 +103,7 @@ class ModelRunner:
         device: str = "auto",
         threads: int | None = None,
         *,
-        compile: bool = False,
-        backend: Backend | None = None,
+        backend: Backend = "eager",
         cache_dir: Path | None = None,
         max_batch: int = 64,
     ) -> None:
@@ -112,8 +111,6 @@ class ModelRunner:
         from spt_stream.predictor import Predictor
 
         self.path = Path(model) if model is not None else default_checkpoint_path()
-        if backend is None:
-            backend = "compile" if compile else "eager"
         import torch
 
         on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
