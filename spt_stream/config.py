@@ -213,6 +213,9 @@ class EngineSettings(BaseSettings):
     #: other threads cannot stall it). ``compile``: ``torch.compile`` with batches padded to
     #: bucket shapes. ``eager``: plain PyTorch. Numbers in docs/BENCHMARKS.md.
     model_backend: Literal["auto", "eager", "compile", "aot"] = "auto"
+    #: Arithmetic of the forward pass: ``auto`` = bf16 autocast on CUDA, fp32 on the CPU;
+    #: ``fp32`` / ``bf16`` force one (the ``aot`` backend is fp32).
+    model_precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: Where ``aot`` packages are kept; None = ``$XDG_CACHE_HOME/spt-stream/aot`` or
     #: ``~/.cache/spt-stream/aot``.
     model_cache_dir: Path | None = None

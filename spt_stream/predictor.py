@@ -40,12 +40,14 @@ from spt_stream.models import SPTInference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "PredictionBatch", "Predictor"]
+__all__ = ["Backend", "Precision", "PredictionBatch", "Predictor"]
 
 F32 = npt.NDArray[np.float32]
 #: How the network runs: ``eager`` PyTorch, ``compile`` (torch.compile, static bucket shapes),
 #: ``aot`` (AOTInductor package, CPU), ``auto`` (``aot`` on the CPU when possible, else eager).
 Backend = Literal["auto", "eager", "compile", "aot"]
+#: ``auto``: bf16 autocast on CUDA, fp32 on the CPU.
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -115,12 +117,13 @@ class Predictor:
         model: SPTInference,
         metadata: CheckpointMetadata,
         device: str | torch.device = "auto",
-        precision: Literal["auto", "fp32", "bf16"] = "auto",
+        precision: Precision = "auto",
         compile: bool = False,
         max_batch: int = 512,
         *,
         backend: Backend | None = None,
         aot_cache_dir: str | Path | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,8 +140,11 @@ class Predictor:
         self.backend: Backend = self._resolve_backend(chosen, aot_cache_dir)
         self.compiled = self.backend == "compile"
         self._forward: Any
+        #: torch.compile's mode for ``compile`` (None: its default; "reduce-overhead" adds
+        #: CUDA graphs on a GPU).
+        self.compile_mode = compile_mode
         if self.backend == "compile":
-            self._forward = torch.compile(self.model, dynamic=False)
+            self._forward = torch.compile(self.model, dynamic=False, mode=compile_mode)
         elif self.backend == "eager":
             self._forward = self.model
         cfg = model.cfg

@@ -26,7 +26,7 @@ from spt_stream.sinks.base import TraceSink
 from spt_stream.sinks.rows import Column2D
 
 if TYPE_CHECKING:
-    from spt_stream.predictor import Backend
+    from spt_stream.predictor import Backend, Precision
 
 __all__ = [
     "ModelRunner",
@@ -93,8 +93,9 @@ def limit_compute_threads(threads: int | None = None) -> int:
 class ModelRunner:
     """The engine's view of a :class:`~spt_stream.predictor.Predictor`.
 
-    ``threads`` caps the CPU threads of the model and numeric kernels when the model runs on
-    the CPU (see :func:`limit_compute_threads`; ``None``: cores - 1).
+    ``threads`` caps the CPU threads of the model and numeric kernels (see
+    :func:`limit_compute_threads`; ``None``: cores - 1); ``precision`` applies on CUDA
+    (``auto``: bf16 autocast there, fp32 on the CPU).
     """
 
     def __init__(
@@ -106,19 +107,19 @@ class ModelRunner:
         backend: Backend = "eager",
         cache_dir: Path | None = None,
         max_batch: int = 64,
+        precision: Precision = "auto",
     ) -> None:
         from spt_stream.checkpoint import default_checkpoint_path
         from spt_stream.predictor import Predictor
 
         self.path = Path(model) if model is not None else default_checkpoint_path()
-        import torch
 
-        on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         # Before the model is built: an ``aot`` package is compiled for the thread count that
-        # will run it (see spt_stream.aot.aot_cache_key).
-        self.threads: int | None = limit_compute_threads(threads) if on_cpu else None
+        # will run it (see spt_stream.aot.aot_cache_key). On a GPU the cap still bounds the
+        # normalization kernels' BLAS pools and torch's host-side ops.
+        self.threads: int | None = limit_compute_threads(threads)
         self.predictor = Predictor.from_checkpoint(
-            model, device=device, backend=backend, aot_cache_dir=cache_dir
+            model, device=device, backend=backend, aot_cache_dir=cache_dir, precision=precision
         )
         aot = self.predictor.aot_info
         if aot is not None:
@@ -145,6 +146,7 @@ class ModelRunner:
             "ood_threshold": self.predictor.ood_threshold,
             "compiled": self.predictor.compiled,
             "backend": self.predictor.backend,
+            "precision": "bf16" if self.predictor.autocast else "fp32",
         }
 
     @property
@@ -216,6 +218,7 @@ def build_pipeline(
         backend=settings.model_backend,
         cache_dir=settings.model_cache_dir,
         max_batch=settings.batch.max_size,
+        precision=settings.model_precision,
     )
     sinks: list[TraceSink] = [
         ZarrSink(
