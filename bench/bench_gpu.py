@@ -79,7 +79,7 @@ def main() -> None:
     rows = []
     for name, kw in variants:
         t0 = time.perf_counter()
-        p = Predictor.from_checkpoint(None, device="cuda", max_batch=top, **kw)  # type: ignore[arg-type]
+        p = Predictor.from_checkpoint(None, device="cuda", max_batch=top, **kw)
         p.warmup(batch_sizes=batches)
         setup = time.perf_counter() - t0
         for b in batches:
