@@ -317,6 +317,85 @@ def test_store_killed_mid_growth_is_readable_and_repaired(tmp_path: Path) -> Non
     np.testing.assert_array_equal(open_trace(path).seq_num.values, np.arange(12))
 
 
+def test_chunk_files_are_the_bytes_zarr_itself_writes(tmp_path: Path) -> None:
+    """The writer encodes whole chunks itself (not through Zarr's indexing): every chunk file it
+    wrote is byte for byte what Zarr writes for the same values into an array of the same
+    metadata, for float, int, bool and 2-D arrays."""
+    w = ZarrTraceWriter(tmp_path / "a", block_rows=8)
+    w.open_run("bytes")
+    for lo, hi in ((0, 3), (3, 13), (13, 21)):
+        w.write("bytes", make_rows(range(lo, hi)))
+    w.close()
+    src = zarr.open_group(str(trace_path(tmp_path / "a", "bytes")), mode="r")
+    ref = zarr.open_group(str(tmp_path / "ref.zarr"), mode="w", zarr_format=3)
+    checked = 0
+    for name, arr in src.arrays():
+        if tuple(getattr(arr.metadata, "dimension_names", None) or ())[:1] != ("time",):
+            continue
+        twin = ref.create_array(
+            name, shape=arr.shape, chunks=arr.chunks, dtype=arr.dtype,
+            fill_value=arr.fill_value,
+        )  # fmt: skip
+        assert getattr(twin.metadata, "codecs", None) == getattr(arr.metadata, "codecs", 0)
+        twin[:] = arr[:]
+        for chunk in sorted((trace_path(tmp_path / "a", "bytes") / name / "c").rglob("*")):
+            if chunk.is_file():
+                rel = chunk.relative_to(trace_path(tmp_path / "a", "bytes"))
+                assert chunk.read_bytes() == (tmp_path / "ref.zarr" / rel).read_bytes(), rel
+                checked += 1
+    assert checked >= 3 * 7  # time, seq_num, os, os_std, flags, ood, os_probs, norm: 3 chunks
+
+
+def test_array_of_another_layout_is_written_through_zarr(tmp_path: Path) -> None:
+    """An array whose codecs the writer does not encode itself (here: uncompressed, as another
+    tool might have created it) is appended through Zarr's own indexing, rows intact."""
+    from spt_stream.sinks.zarr_trace import _chunk_encoder
+
+    w = ZarrTraceWriter(tmp_path, block_rows=8)
+    w.open_run("other")
+    w.write("other", make_rows(range(0, 5)))
+    w.close()
+    grp = zarr.open_group(str(trace_path(tmp_path, "other")), mode="r+", use_consolidated=False)
+    old = grp["os"]
+    assert isinstance(old, zarr.Array)
+    values, shape = old[:], old.shape
+    del grp["os"]
+    plain = grp.create_array(
+        "os", shape=shape, chunks=(8,), dtype="float64", fill_value=np.nan,
+        compressors=None, dimension_names=["time"],
+    )  # fmt: skip
+    plain[:] = values
+    assert _chunk_encoder(plain) is None
+    w2 = ZarrTraceWriter(tmp_path, block_rows=8)
+    w2.write("other", make_rows(range(5, 19)))
+    w2.close()
+    ds = open_trace(trace_path(tmp_path, "other"))
+    np.testing.assert_array_equal(ds.seq_num.values, np.arange(19))
+    np.testing.assert_allclose(ds.os.values, expected_os(np.arange(19)))
+    np.testing.assert_allclose(ds.norm.values, expected_norm(np.arange(19)))
+
+
+def test_capacity_grows_by_half_not_by_block(tmp_path: Path) -> None:
+    """Each growth rewrites every array's metadata, so capacity grows by half its size (whole
+    blocks, at most 64 blocks at a time), not one block at a time; readers still see exactly
+    the committed rows, and finalize trims to them."""
+    w = ZarrTraceWriter(tmp_path, block_rows=4)
+    w.open_run("grow2")
+    caps = []
+    for i in range(300):
+        w.write("grow2", make_rows([i]))
+        caps.append(w.stats("grow2").capacity)
+    assert all(c % 4 == 0 for c in caps)
+    assert all(c >= n for c, n in zip(caps, range(1, 301), strict=True))
+    assert len(set(caps)) <= 12  # one block at a time would be 75 growths
+    assert caps[-1] <= 300 + 64 * 4
+    ds = open_trace(trace_path(tmp_path, "grow2"))
+    np.testing.assert_array_equal(ds.seq_num.values, np.arange(300))
+    np.testing.assert_allclose(ds.os.values, expected_os(np.arange(300)))
+    assert w.finalize("grow2", "success") == 300
+    assert xr.open_zarr(trace_path(tmp_path, "grow2")).sizes["time"] == 300
+
+
 # ---------------------------------------------------------------------------- live reading
 
 READER = """
