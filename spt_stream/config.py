@@ -145,8 +145,10 @@ class BatchSettings(_Frozen):
     max_size: int = Field(64, ge=1)
     max_latency_ms: float = Field(20.0, ge=0.0)
     #: Run the model and the sink hand-off on a second thread, overlapping the next batch's
-    #: decoding, assembly and normalization (see spt_stream.engine; slower on 2 cores).
-    overlap: bool = False
+    #: decoding, assembly and normalization (see spt_stream.engine). ``auto``: on when the
+    #: model's forward pass runs without the interpreter lock (the ``aot`` backend), where it
+    #: raises the backlog rate; off for eager/compiled models, where it measured slower.
+    overlap: Literal["auto"] | bool = "auto"
 
 
 class ZarrSettings(_Frozen):

@@ -8,7 +8,8 @@ latency cap, flush at every stop document) -> :func:`~spt_stream.normalize.norma
 (batched) -> predictor (one forward per batch) -> every :class:`~spt_stream.sinks.base.TraceSink`
 (Zarr first, then Tiled and feedback, which queue in the background).
 
-With ``batch.overlap`` (off by default) the last two steps, model and sink hand-off, run on a
+With ``batch.overlap`` (``auto``: on when the model is lock-free) the last two steps, model and
+sink hand-off, run on a
 second thread (:class:`_BatchWorker`) while the transport's thread decodes, assembles and
 normalizes the next batch: on a 2-core machine the model's forward pass (which releases the
 GIL) no longer adds to the rest of the per-frame cost. The worker holds at most one batch
@@ -20,8 +21,8 @@ the GIL back after every operator, and while another thread runs Python each of 
 to the switch interval (the batch-64 forward pass beside a Python-busy thread: 40 ms -> 3.0 s
 eager, 23 ms -> 0.67 s compiled), so with them it measured slower. The AOT model (the default
 on the CPU, :mod:`spt_stream.aot`) is one lock-free foreign call per batch: with it the model
-thread raises the backlog rate on 2 cores, while live latency at 100 frames/s does not improve
-(docs/BENCHMARKS.md), hence still off by default: turn it on for replays and catch-up.
+thread raises the backlog rate on 2 cores and leaves live latency as it was (docs/BENCHMARKS.md),
+so ``auto`` turns it on exactly then (``Predictor.lock_free``).
 
 Backpressure is structural: the transport calls the engine synchronously, so a slow batch or a
 full sink queue slows the consumer, and memory stays bounded by the batch size, the worker's
@@ -295,7 +296,7 @@ class Engine:
             _BatchWorker(
                 self._predict_and_write, thread_init=getattr(predictor, "thread_init", None)
             )
-            if settings.batch.overlap
+            if self._overlap(settings.batch.overlap, predictor)
             else None
         )
         self.metrics.watch_sinks(self.sinks)  # queue depth / blocked time, read at scrape
@@ -558,6 +559,16 @@ class Engine:
         self.commit()
 
     # -- the batch path ------------------------------------------------------------------------
+    @staticmethod
+    def _overlap(setting: bool | str, predictor: object) -> bool:
+        """``batch.overlap``; ``auto``: on exactly when the model's forward pass runs without
+        the interpreter lock (``predictor.lock_free``)."""
+        if setting == "auto":
+            on = bool(getattr(predictor, "lock_free", False))
+            log.info("model thread (batch.overlap auto): %s", "on" if on else "off")
+            return on
+        return bool(setting)
+
     def _process(self, frames: list[Frame]) -> None:
         """Normalize here; model and sink writes here or on the model thread (``overlap``)."""
         t0 = time.perf_counter()

@@ -192,6 +192,16 @@ class Predictor:
             return "eager"
         return "aot"
 
+    @property
+    def lock_free(self) -> bool:
+        """The forward pass runs without the interpreter lock: the ``aot`` package called through
+        its C interface (torch's own loader, the fallback, holds the lock)."""
+        if self.backend != "aot":
+            return False
+        from spt_stream.aot import _NativeRunner
+
+        return isinstance(self._forward, _NativeRunner)
+
     @classmethod
     def from_checkpoint(
         cls, path: str | Path | None = None, device: str | torch.device = "auto", **kwargs: Any

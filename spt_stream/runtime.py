@@ -147,11 +147,17 @@ class ModelRunner:
             "compiled": self.predictor.compiled,
             "backend": self.predictor.backend,
             "precision": "bf16" if self.predictor.autocast else "fp32",
+            "lock_free": self.predictor.lock_free,
         }
 
     @property
     def info(self) -> Mapping[str, Any]:
         return self._info
+
+    @property
+    def lock_free(self) -> bool:
+        """See :attr:`Predictor.lock_free` (what ``batch.overlap: auto`` asks)."""
+        return self.predictor.lock_free
 
     def thread_init(self) -> None:
         """Apply the compute-thread cap on the calling thread too (the engine's model thread).

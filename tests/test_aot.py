@@ -205,6 +205,9 @@ def test_engine_on_the_aot_model(tmp_path: Path, cache: Path, compiled: Predicto
     pipe = build_pipeline(settings, dead_letter=MemoryDeadLetter())
     assert isinstance(pipe.model, ModelRunner)
     assert pipe.model.info["backend"] == "aot"
+    # batch.overlap auto: the lock-free model runs on the engine's model thread
+    assert pipe.model.lock_free
+    assert pipe.engine._worker is not None
     from bluesky import RunEngine
 
     cell = DelithiationCell(name="cell", duration_s=0.2)

@@ -66,6 +66,21 @@ def test_overlap_writes_the_same_trace(tmp_path: Path, model: ModelRunner) -> No
     assert a.attrs["status"] == b.attrs["status"] == "success"
 
 
+def test_auto_overlap_stays_off_for_a_model_that_holds_the_lock(
+    tmp_path: Path, model: ModelRunner
+) -> None:
+    """``batch.overlap: auto`` (the default) runs the eager model on the transport's thread: its
+    forward pass takes the interpreter lock back after every operator, so a second thread would
+    slow it (the AOT model's case, where auto turns the thread on, is in tests/test_aot.py)."""
+    settings = load_settings(None, {"zarr": {"root": tmp_path}, "dead_letter": {"path": None}})
+    assert settings.batch.overlap == "auto"
+    assert model.info["backend"] == "eager"
+    assert not model.lock_free
+    pipe = build_pipeline(settings, model=model)
+    assert pipe.engine._worker is None
+    pipe.close()
+
+
 class _FailingPrimary:
     """A primary sink whose writes fail after ``ok`` of them."""
 
