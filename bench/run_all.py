@@ -12,9 +12,10 @@ process tree, one at a time, never two benchmarks competing for the CPU):
    gil_convoy.py, the forward pass beside a Python-busy thread;
 3. ``ingest``: bench_ingest.py, reading a backlog of documents from Kafka;
 4. ``latency``: bench_live.py --only latency, 10 / 100 / 500 frames/s through the whole engine
-   (as packaged = the AOT package; the eager model; the torch.compile'd model);
+   (as packaged = the AOT package on the model thread, ``batch.overlap: auto``; the eager model;
+   the torch.compile'd model);
 5. ``backlog``: bench_live.py --only backlog, backlog throughput (Zarr only; Zarr + feedback;
-   the same profiles, plus the model thread with the AOT package and with the eager model);
+   the same profiles, plus the AOT package without the model thread and the eager model on it);
 6. ``memory``: bench_live.py --only memory, RSS of ``spt-stream run`` over 100,000 frames;
 7. ``naive``: naive_pipeline.py, the ecosystem pipeline (RemoteDispatcher -> per-frame Larch ->
    per-frame model -> per-row Zarr appends / TiledWriter) on the same documents.
@@ -178,7 +179,10 @@ def plan(
     if "backlog" in which:
         args = ["--backlog", "1000"] if quick else []
         extra = [
-            (", model thread", {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true"}),
+            (
+                ", AOT model without the model thread",
+                {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=false"},
+            ),
             (
                 ", eager model on the model thread",
                 {"BENCH_ENGINE_ENV": "SPT_BATCH__OVERLAP=true,SPT_MODEL_BACKEND=eager"},

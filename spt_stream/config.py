@@ -98,12 +98,14 @@ class KafkaSettings(_Frozen):
 
     def producer_kwargs(self, bootstrap_servers: str, role: str) -> dict[str, Any]:
         """kafka-python ``KafkaProducer`` arguments every spt-stream producer shares: brokers,
-        ``client_id`` ``<client_id>-<role>``, ordered delivery (one request in flight), and
-        the security settings."""
+        ``client_id`` ``<client_id>-<role>``, ordered delivery (one request in flight), no
+        client-side metrics (nothing reads them; their sensors cost ~17 % of the sender
+        thread's interpreter time per message), and the security settings."""
         return {
             "bootstrap_servers": bootstrap_servers.split(","),
             "client_id": f"{self.client_id}-{role}",
             "max_in_flight_requests_per_connection": 1,
+            "metrics_enabled": False,
             **self.security_kwargs(),
         }
 
