@@ -127,6 +127,16 @@ class _BatchWorker:
                         self._done.notify_all()
                 self._queue.task_done()
 
+    @property
+    def idle(self) -> bool:
+        """Every submitted batch has run (nothing queued or running)."""
+        with self._done:
+            return self._completed >= self.submitted
+
+    def raise_pending(self) -> None:
+        """Raise what an earlier batch raised, if anything (once)."""
+        self._raise_pending()
+
     def _raise_pending(self) -> None:
         err, self._error = self._error, None
         if err is not None:
@@ -579,10 +589,16 @@ class Engine:
             calibrate_from_reference=self.settings.normalization.calibrate_from_reference,
             energy_shift=self.settings.normalization.energy_shift,
         )
-        if self._worker is None:
+        worker = self._worker
+        if worker is None or (len(frames) < self.settings.batch.max_size and worker.idle):
+            # No model thread, or a partial batch (live rates) while the thread has nothing in
+            # hand: run it here, in order, without a hand-over between threads. Full batches
+            # (a backlog) go to the model thread and overlap the next batch's preparation.
+            if worker is not None:
+                worker.raise_pending()
             self._predict_and_write((frames, normed, t0))
         else:
-            self._worker.submit((frames, normed, t0))
+            worker.submit((frames, normed, t0))
 
     def _predict_and_write(self, item: tuple[list[Frame], NormalizedBatch, float]) -> None:
         frames, normed, t0 = item

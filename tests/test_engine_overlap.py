@@ -188,6 +188,36 @@ def test_model_thread_gets_the_compute_thread_cap(tmp_path: Path, model: ModelRu
     assert {n for _, n in probe.seen} <= {model.threads, -1}, probe.seen
 
 
+def test_full_batches_go_to_the_model_thread_partial_ones_stay(
+    tmp_path: Path, model: ModelRunner
+) -> None:
+    """With the model thread on, a full batch (a backlog) runs there; a partial batch (live
+    rates) runs on the transport's thread when the model thread has nothing in hand: no
+    hand-over between threads per frame, and the trace keeps its order."""
+    settings = load_settings(
+        None,
+        {
+            "zarr": {"root": tmp_path},
+            "dead_letter": {"path": None},
+            "batch": {"max_size": 4, "max_latency_ms": 3_600_000, "overlap": True},
+        },
+    )
+    probe = _ThreadProbe(model)
+    pipe = build_pipeline(settings, model=probe)  # type: ignore[arg-type]
+    docs = _run_documents(6)
+    uid = docs[0][1]["uid"]
+    _feed(pipe.engine, docs[:6])  # start, descriptor, 4 events: one full batch
+    pipe.engine.drain()
+    _feed(pipe.engine, docs[6:])  # 2 events, released as a partial batch by idle()
+    pipe.engine.idle()
+    _feed(pipe.engine, [("stop", _stop(uid))])
+    pipe.close()
+    here = threading.current_thread().name
+    assert [name for name, _ in probe.seen] == ["spt-model", here]
+    ds = open_trace(tmp_path / f"{uid}.zarr").load()
+    assert ds["seq_num"].values.tolist() == [1, 2, 3, 4, 5, 6]
+
+
 def test_compiled_batch_shapes_are_bounded() -> None:
     """A compiled model runs powers of four up to the engine's batch size (a handful of static
     shapes, all compiled at warm-up), and every batch size pads to the next one."""

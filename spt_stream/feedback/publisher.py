@@ -205,11 +205,14 @@ class FeedbackPublisher:
         run = self._runs.get(run_uid)
         if run is None:
             raise SinkError("write() before open_run()", run_uid=run_uid)
-        keep = ~np.isin(rows.seq_num, np.fromiter(run.published, np.int64, len(run.published)))
-        _, first = np.unique(rows.seq_num, return_index=True)
-        unique = np.zeros(len(rows), dtype=bool)
-        unique[first] = True
-        keep &= unique
+        # First occurrence of each seq_num not published yet: O(batch) set look-ups (a test
+        # against an array of every published seq_num grew with the run's length).
+        keep = np.zeros(len(rows), dtype=bool)
+        seen: set[int] = set()
+        for i, s in enumerate(rows.seq_num.tolist()):
+            if s not in run.published and s not in seen:
+                keep[i] = True
+                seen.add(s)
         if not keep.all():
             self._count("rows_duplicate", len(rows) - int(keep.sum()))
             if not keep.any():
