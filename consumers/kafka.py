@@ -58,6 +58,8 @@ TP = tuple[str, int]
 
 _RESOLVE_EVERY_S = 5.0  # explicit assignment: how often to look for new partitions/topics
 _CONNECTION_CHECK_S = 0.5
+#: Shortest poll while a group member holds no partition (see KafkaDocumentSource._poll_timeout_ms).
+_JOIN_POLL_MS = 500
 _FIRST_ATTEMPT_MS = 2000  # first bootstrap attempt's time limit
 
 
@@ -408,7 +410,7 @@ class KafkaDocumentSource:
                     break
                 self._run_pending_commits()
                 try:
-                    batch = consumer.poll(timeout_ms=self._poll_timeout_ms(handler))
+                    batch = consumer.poll(timeout_ms=self._poll_timeout_ms(handler, consumer))
                     if not batch:
                         self._watch_connection()
                     if not self.assigned.is_set():
@@ -455,8 +457,14 @@ class KafkaDocumentSource:
             total += max(0, high - nxt)
         self.stats.lag = total
 
-    def _poll_timeout_ms(self, handler: DocumentHandler) -> int:
-        """The configured poll timeout, shortened to the handler's next deadline if any."""
+    def _poll_timeout_ms(self, handler: DocumentHandler, consumer: KafkaConsumer) -> int:
+        """The configured poll timeout, shortened to the handler's next deadline if any; at
+        least ``_JOIN_POLL_MS`` while a group member holds no partition (joining or
+        rebalancing: with kafka-python 3.0 on the development broker, a group subscribed by
+        pattern to several topics never finished joining with 20 ms polls; it re-joined in a
+        loop and read nothing)."""
+        if self.settings.group_id is not None and not consumer.assignment():
+            return max(self.settings.poll_timeout_ms, _JOIN_POLL_MS)
         timeout = self.settings.poll_timeout_ms
         due = getattr(handler, "time_until_due", None)
         if callable(due):

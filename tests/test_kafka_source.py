@@ -200,6 +200,27 @@ def test_regex_subscription_reads_matching_topics(kafka_bootstrap: str) -> None:
     assert sorted(d["topic"] for _, d in got.docs) == ["a.documents", "b.documents"]
 
 
+def test_group_joins_a_pattern_of_several_topics(kafka_bootstrap: str) -> None:
+    """A consumer group subscribed by pattern to five topics joins and reads every one (with
+    kafka-python 3.0 on this broker a 20 ms poll never finished the join: the group was
+    re-joined in a loop, forever, and nothing was read; the source polls long while it holds
+    no partition)."""
+    prefix = f"test.groupregex.{uuid.uuid4().hex[:8]}"
+    for i in range(5):
+        create_topic(kafka_bootstrap, f"{prefix}.r{i}.documents")
+        _produce(
+            kafka_bootstrap,
+            f"{prefix}.r{i}.documents",
+            [encode_document("start", {"topic": i, "n": n}) for n in range(3)],
+        )
+    pattern = "^" + re.escape(prefix) + r"\.r\d+\.documents$"
+    settings = _settings(kafka_bootstrap, (pattern,), group_id=f"g-{prefix}", poll_timeout_ms=20)
+    got = Collector()
+    with running(KafkaDocumentSource(settings), got):
+        assert got.wait_for(lambda c: len(c.docs) >= 15, timeout=60)
+    assert sorted({d["topic"] for _, d in got.docs}) == [0, 1, 2, 3, 4]
+
+
 def test_explicit_partition_assignment(kafka_bootstrap: str) -> None:
     """'topic:partition' entries restrict reading to those partitions."""
     topic = f"test.assign.{uuid.uuid4().hex[:8]}"
