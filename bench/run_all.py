@@ -283,8 +283,11 @@ def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
             head = [c.strip() for c in lines[i].strip().strip("|").split("|")]
             rows = []
             j = i + 2
-            while j < len(lines) and lines[j].startswith("|"):
-                rows.append([c.strip() for c in lines[j].strip().strip("|").split("|")])
+            # A benchmark's child echoes its log lines ("engine: ...") as they come, which can
+            # fall between a table's rows: skip them.
+            while j < len(lines) and lines[j].startswith(("|", "engine: ")):
+                if lines[j].startswith("|"):
+                    rows.append([c.strip() for c in lines[j].strip().strip("|").split("|")])
                 j += 1
             out.append((head, rows))
             i = j

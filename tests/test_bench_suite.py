@@ -45,7 +45,9 @@ LATENCY = """
 BACKLOG = """
 | sinks | frames produced | rows in trace | produce s | engine start -> done s | first doc -> all in Zarr s | frames/s | engine CPU s | mean batch | max RSS MB | load avg |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|
+engine: kafka.net.selector: Task <kafka.net.selector.Task object> ran for 0.167s (>0.100s threshold).
 | Zarr only | 20000 | 20000 | 7.8 | 35.8 | 30.60 | **1,000** | 26.9 | 61.5 | 468 | 3.08 3.35 3.33 |
+engine: kafka.net.selector: Task <kafka.net.selector.Task object> ran for 0.195s (>0.100s threshold).
 | Zarr + feedback topic | 20000 | 20000 | 6.9 | 49.4 | 43.92 | **455** | 37.9 | 61.0 | 475 | 3.20 3.35 3.33 |
 """  # noqa: E501
 
