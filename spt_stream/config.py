@@ -74,7 +74,9 @@ class KafkaSettings(_Frozen):
     #: Longest wait of one ``poll``. Keep it short: kafka-python 3.0 sometimes misses the
     #: wake-up when a fetch response arrives and returns only at the poll's timeout, so a
     #: frame waits up to this long (measured on the development broker at 10 messages/s: ~1 %
-    #: of messages ~105 ms late with 100, none above 26 ms with 20; docs/BENCHMARKS.md).
+    #: of messages ~105 ms late with 100, none above 26 ms with 20; docs/BENCHMARKS.md). While
+    #: a group member holds no partition (joining, rebalancing) the source polls at least
+    #: 500 ms: shorter polls cut kafka-python's group join short and it re-joins forever.
     poll_timeout_ms: int = Field(20, ge=0)
     reconnect_backoff_ms: int = Field(200, ge=1)
     reconnect_backoff_max_ms: int = Field(10_000, ge=1)
