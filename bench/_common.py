@@ -230,6 +230,23 @@ def fmt(values: Sequence[float], scale: float = 1e3) -> str:
     return " / ".join(f"{v * scale:.1f}" for v in values)
 
 
+def spin(stop: threading.Event, count: list[int]) -> None:
+    """A pure-Python busy loop (another thread of the engine's process), counting its turns."""
+    while not stop.is_set():
+        count[0] += 1
+
+
+def spin_rate(seconds: float) -> float:
+    """Turns per second of :func:`spin` with nothing beside it."""
+    stop, count = threading.Event(), [0]
+    th = threading.Thread(target=spin, args=(stop, count), daemon=True)
+    th.start()
+    time.sleep(seconds)
+    stop.set()
+    th.join()
+    return count[0] / seconds
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 

@@ -26,21 +26,7 @@ import time
 
 import numpy as np
 import torch
-
-
-def _spin(stop: threading.Event, count: list[int]) -> None:
-    while not stop.is_set():
-        count[0] += 1
-
-
-def _spin_rate(seconds: float) -> float:
-    stop, count = threading.Event(), [0]
-    th = threading.Thread(target=_spin, args=(stop, count), daemon=True)
-    th.start()
-    time.sleep(seconds)
-    stop.set()
-    th.join()
-    return count[0] / seconds
+from _common import spin, spin_rate
 
 
 def main() -> None:
@@ -75,7 +61,7 @@ def main() -> None:
         ]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, batches {batches}")
     rng = np.random.default_rng(0)
-    pace = _spin_rate(0.5)
+    pace = spin_rate(0.5)
     rows = []
     for name, kw in variants:
         t0 = time.perf_counter()
@@ -94,7 +80,7 @@ def main() -> None:
                 ts.append(time.perf_counter() - t)
             alone = statistics.median(ts)
             stop, count = threading.Event(), [0]
-            th = threading.Thread(target=_spin, args=(stop, count), daemon=True)
+            th = threading.Thread(target=spin, args=(stop, count), daemon=True)
             th.start()
             time.sleep(0.05)
             ts = []

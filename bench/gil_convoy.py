@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import numpy as np
+from _common import spin, spin_rate
 
 
 def _forward_ms(runner: Any, x: np.ndarray, n: int) -> float:
@@ -27,22 +28,6 @@ def _forward_ms(runner: Any, x: np.ndarray, n: int) -> float:
     for _ in range(n):
         runner.predict_columns(x, elements)
     return (time.perf_counter() - t) / n * 1e3
-
-
-def _spin(stop: threading.Event, count: list[int]) -> None:
-    while not stop.is_set():
-        count[0] += 1
-
-
-def _spin_rate(seconds: float) -> float:
-    """Iterations per second of the spinner with nothing beside it."""
-    stop, count = threading.Event(), [0]
-    th = threading.Thread(target=_spin, args=(stop, count), daemon=True)
-    th.start()
-    time.sleep(seconds)
-    stop.set()
-    th.join()
-    return count[0] / seconds
 
 
 def main() -> None:
@@ -54,6 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from spt_stream.config import load_settings
+    from spt_stream.predictor import Backend
     from spt_stream.runtime import ModelRunner
 
     print(f"switch interval {sys.getswitchinterval() * 1e3:.1f} ms, batch {args.batch}\n")
@@ -62,15 +48,17 @@ def main() -> None:
         "| spinner's pace meanwhile (% of alone) |"
     )
     print("|---|---:|---:|---:|---:|")
-    backends = ["eager", *(["compile"] if args.compile else []), *(["aot"] if args.aot else [])]
+    backends: list[Backend] = ["eager"]
+    backends += ["compile"] if args.compile else []
+    backends += ["aot"] if args.aot else []
     for backend in backends:
         runner = ModelRunner(load_settings(None).model, device="cpu", threads=1, backend=backend)
         x = np.random.default_rng(0).normal(size=(args.batch, 224)).astype(np.float32)
         _forward_ms(runner, x, 3)
         alone = _forward_ms(runner, x, args.repeats)
-        pace = _spin_rate(0.3)
+        pace = spin_rate(0.3)
         stop, count = threading.Event(), [0]
-        th = threading.Thread(target=_spin, args=(stop, count), daemon=True)
+        th = threading.Thread(target=spin, args=(stop, count), daemon=True)
         th.start()
         time.sleep(0.1)
         c0, t0 = count[0], time.perf_counter()

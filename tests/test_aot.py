@@ -20,13 +20,12 @@ import torch
 
 import spt_stream.aot as aot
 from spt_stream.config import load_settings
-from spt_stream.consumers.inprocess import InProcessConsumer
 from spt_stream.deadletter import MemoryDeadLetter
-from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
 from spt_stream.errors import ModelError
 from spt_stream.predictor import Predictor
 from spt_stream.runtime import ModelRunner, build_pipeline
 from spt_stream.sinks.zarr_trace import open_trace
+from tests._runengine import run_delithiation
 
 
 @pytest.fixture(autouse=True)
@@ -208,13 +207,7 @@ def test_engine_on_the_aot_model(tmp_path: Path, cache: Path, compiled: Predicto
     # batch.overlap auto: the lock-free model runs on the engine's model thread
     assert pipe.model.lock_free
     assert pipe.engine._worker is not None
-    from bluesky import RunEngine
-
-    cell = DelithiationCell(name="cell", duration_s=0.2)
-    det = QuickXASDetector(name="qxas", cell=cell, seed=1)
-    RE = RunEngine({}, call_returns_result=True)
-    RE.subscribe(InProcessConsumer(pipe.engine))
-    uid = RE(delithiation_plan(det, cell, frames=30, rate_hz=150.0)).run_start_uids[0]
+    uid = run_delithiation(pipe.engine, frames=30, rate_hz=150.0, seed=1)
     pipe.close()
     ds = open_trace(tmp_path / "traces" / f"{uid}.zarr").load()
     assert ds.sizes["time"] == 30

@@ -19,9 +19,7 @@ import pytest
 import torch
 
 from spt_stream.config import load_settings
-from spt_stream.consumers.inprocess import InProcessConsumer
 from spt_stream.deadletter import MemoryDeadLetter
-from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
 from spt_stream.errors import SptError
 from spt_stream.frames import Frame
 from spt_stream.normalize import NormParams, normalize_frames
@@ -29,6 +27,7 @@ from spt_stream.predictor import PredictionBatch, Predictor
 from spt_stream.readers import read_spectrum
 from spt_stream.runtime import build_pipeline
 from spt_stream.sinks.zarr_trace import open_trace
+from tests._runengine import run_delithiation
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; see the module doc)"
@@ -181,13 +180,7 @@ def test_engine_end_to_end_on_the_gpu(tmp_path: Path) -> None:
     )
     pipe = build_pipeline(settings, dead_letter=MemoryDeadLetter())
     assert pipe.model.info["device"].startswith("cuda")
-    from bluesky import RunEngine
-
-    cell = DelithiationCell(name="cell", duration_s=0.2)
-    det = QuickXASDetector(name="qxas", cell=cell, seed=2)
-    RE = RunEngine({}, call_returns_result=True)
-    RE.subscribe(InProcessConsumer(pipe.engine))
-    uid = RE(delithiation_plan(det, cell, frames=40, rate_hz=200.0)).run_start_uids[0]
+    uid = run_delithiation(pipe.engine, frames=40, rate_hz=200.0, seed=2)
     pipe.close()
     ds = open_trace(tmp_path / "traces" / f"{uid}.zarr").load()
     assert ds.sizes["time"] == 40

@@ -17,7 +17,7 @@ from spt_stream.config import load_settings
 from spt_stream.engine import Engine
 from spt_stream.errors import SinkError
 from spt_stream.predictor import Predictor
-from spt_stream.runtime import ModelRunner, build_pipeline
+from spt_stream.runtime import ModelRunner, Pipeline, build_pipeline
 from spt_stream.sinks.rows import Column2D, TraceRows
 from spt_stream.sinks.zarr_trace import open_trace
 from tests.test_engine_live_path import _run_documents
@@ -167,9 +167,8 @@ class _ThreadProbe:
         return self.inner.predict_columns(norm, elements)
 
 
-def test_model_thread_gets_the_compute_thread_cap(tmp_path: Path, model: ModelRunner) -> None:
-    """OpenMP's pool size is per thread: the model thread must apply the cap itself, or torch
-    runs one thread per core there (measured 5-10x slower on the loaded 2-core machine)."""
+def _probed_pipeline(tmp_path: Path, model: ModelRunner) -> tuple[_ThreadProbe, Pipeline]:
+    """Batches of 4 (released by size only), the model thread on, ``model`` behind a probe."""
     settings = load_settings(
         None,
         {
@@ -179,7 +178,13 @@ def test_model_thread_gets_the_compute_thread_cap(tmp_path: Path, model: ModelRu
         },
     )
     probe = _ThreadProbe(model)
-    pipe = build_pipeline(settings, model=probe)  # type: ignore[arg-type]
+    return probe, build_pipeline(settings, model=probe)  # type: ignore[arg-type]
+
+
+def test_model_thread_gets_the_compute_thread_cap(tmp_path: Path, model: ModelRunner) -> None:
+    """OpenMP's pool size is per thread: the model thread must apply the cap itself, or torch
+    runs one thread per core there (measured 5-10x slower on the loaded 2-core machine)."""
+    probe, pipe = _probed_pipeline(tmp_path, model)
     docs = _run_documents(8)
     _feed(pipe.engine, docs)
     pipe.close()
@@ -194,16 +199,7 @@ def test_full_batches_go_to_the_model_thread_partial_ones_stay(
     """With the model thread on, a full batch (a backlog) runs there; a partial batch (live
     rates) runs on the transport's thread when the model thread has nothing in hand: no
     hand-over between threads per frame, and the trace keeps its order."""
-    settings = load_settings(
-        None,
-        {
-            "zarr": {"root": tmp_path},
-            "dead_letter": {"path": None},
-            "batch": {"max_size": 4, "max_latency_ms": 3_600_000, "overlap": True},
-        },
-    )
-    probe = _ThreadProbe(model)
-    pipe = build_pipeline(settings, model=probe)  # type: ignore[arg-type]
+    probe, pipe = _probed_pipeline(tmp_path, model)
     docs = _run_documents(6)
     uid = docs[0][1]["uid"]
     _feed(pipe.engine, docs[:6])  # start, descriptor, 4 events: one full batch
