@@ -94,8 +94,8 @@ class ModelRunner:
     """The engine's view of a :class:`~spt_stream.predictor.Predictor`.
 
     ``threads`` caps the CPU threads of the model and numeric kernels (see
-    :func:`limit_compute_threads`; ``None``: cores - 1); ``precision`` applies on CUDA
-    (``auto``: bf16 autocast there, fp32 on the CPU).
+    :func:`limit_compute_threads`; ``None``: cores - 1); ``precision`` ``auto`` is bf16
+    autocast on CUDA and fp32 on the CPU.
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class ModelRunner:
         # Before the model is built: an ``aot`` package is compiled for the thread count that
         # will run it (see spt_stream.aot.aot_cache_key). On a GPU the cap still bounds the
         # normalization kernels' BLAS pools and torch's host-side ops.
-        self.threads: int | None = limit_compute_threads(threads)
+        self.threads: int = limit_compute_threads(threads)
         self.predictor = Predictor.from_checkpoint(
             model, device=device, backend=backend, aot_cache_dir=cache_dir, precision=precision
         )
@@ -166,8 +166,7 @@ class ModelRunner:
         thread per core whatever the main thread set (measured: 5-10x slower convolutions on
         the loaded 2-core machine).
         """
-        if self.threads is not None:
-            limit_compute_threads(self.threads)
+        limit_compute_threads(self.threads)
 
     @property
     def units(self) -> dict[str, str]:
