@@ -136,9 +136,6 @@ class _BatchWorker:
 
     def raise_pending(self) -> None:
         """Raise what an earlier batch raised, if anything (once)."""
-        self._raise_pending()
-
-    def _raise_pending(self) -> None:
         err, self._error = self._error, None
         if err is not None:
             raise err
@@ -150,7 +147,7 @@ class _BatchWorker:
             raise RuntimeError("batch worker is closed")
         self.submitted += 1
         self._queue.put(item)
-        self._raise_pending()
+        self.raise_pending()
 
     def wait_for(self, target: int, timeout: float | None = None) -> bool:
         """Wait until ``target`` submitted batches have run (from any thread; raises nothing)."""
@@ -160,7 +157,7 @@ class _BatchWorker:
     def drain(self) -> None:
         """Wait until everything submitted has run; raise what failed meanwhile."""
         self._queue.join()
-        self._raise_pending()
+        self.raise_pending()
 
     def close(self) -> None:
         if not self._closed:

@@ -159,6 +159,13 @@ def test_rows_from_records_fill_nan() -> None:
     assert pot[2] == 3.3
 
 
+def test_rows_unseen_keeps_first_new_occurrences() -> None:
+    """What every sink writes of a batch: each seq_num's first row, unless already written."""
+    rows = make_rows([5, 6, 5, 7, 8, 7])
+    assert rows.unseen({6, 100}).tolist() == [True, False, False, True, True, False]
+    assert rows.unseen(set()).tolist() == [True, True, False, True, True, False]
+
+
 def test_rows_concat_and_take() -> None:
     """concat joins parts (NaN where a part lacks a column); take selects rows."""
     a = make_rows([0, 1])

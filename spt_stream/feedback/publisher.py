@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import event_model
-import numpy as np
 
 from spt_stream.config import KafkaSettings
 from spt_stream.consumers.wire import encode_document
@@ -205,14 +204,7 @@ class FeedbackPublisher:
         run = self._runs.get(run_uid)
         if run is None:
             raise SinkError("write() before open_run()", run_uid=run_uid)
-        # First occurrence of each seq_num not published yet: O(batch) set look-ups (a test
-        # against an array of every published seq_num grew with the run's length).
-        keep = np.zeros(len(rows), dtype=bool)
-        seen: set[int] = set()
-        for i, s in enumerate(rows.seq_num.tolist()):
-            if s not in run.published and s not in seen:
-                keep[i] = True
-                seen.add(s)
+        keep = rows.unseen(run.published)
         if not keep.all():
             self._count("rows_duplicate", len(rows) - int(keep.sum()))
             if not keep.any():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +177,18 @@ class TraceRows:
     def names(self) -> tuple[str, ...]:
         """Every variable name this batch carries (1-D then 2-D), without ``time``/``seq_num``."""
         return (*self.columns, *self.arrays)
+
+    def unseen(self, seen: Container[int]) -> npt.NDArray[np.bool_]:
+        """Mask of the rows a sink still has to write: the first row of each ``seq_num`` that
+        is not in ``seen`` (re-delivered frames and repeats within the batch are dropped). One
+        set look-up per row, whatever the size of ``seen`` (a run's written seq_nums)."""
+        keep = np.zeros(len(self), dtype=bool)
+        local: set[int] = set()
+        for i, s in enumerate(self.seq_num.tolist()):
+            if s not in seen and s not in local:
+                keep[i] = True
+                local.add(s)
+        return keep
 
     def take(self, index: npt.ArrayLike) -> TraceRows:
         """A new batch holding the rows at ``index`` (integer positions or a boolean mask)."""

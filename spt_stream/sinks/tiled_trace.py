@@ -613,11 +613,7 @@ class TiledTraceWriter:
         if run.resync:
             self._resync(run)
         # drop rows already in the table (re-delivery) and repeated seq_nums within the batch
-        _, first_idx = np.unique(rows.seq_num, return_index=True)
-        keep = np.zeros(len(rows), dtype=bool)
-        keep[first_idx] = True
-        if run.written:
-            keep &= ~np.isin(rows.seq_num, np.fromiter(run.written, np.int64))
+        keep = rows.unseen(run.written)
         dup = len(rows) - int(keep.sum())
         if dup:
             with self._cv:

@@ -591,14 +591,7 @@ class ZarrTraceWriter:
         run.group.update_attributes(run.attrs)
 
     def _dedupe(self, run: _Run, rows: TraceRows) -> TraceRows:
-        seqs = rows.seq_num.tolist()
-        seen = run.committed
-        keep = np.zeros(len(seqs), dtype=bool)
-        local: set[int] = set()
-        for i, s in enumerate(seqs):
-            if s not in seen and s not in local:
-                keep[i] = True
-                local.add(s)
+        keep = rows.unseen(run.committed)
         return rows if keep.all() else rows.take(keep)
 
     def _ensure_vars(self, run: _Run, rows: TraceRows) -> None:
