@@ -15,15 +15,15 @@ import argparse
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from spt_stream.data import REFERENCE_DIR
 from spt_stream.normalize import NormParams, normalize_batch
 from spt_stream.readers import read_spectrum
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "data" / "xas-references" / "co_metal_rt.xdi"
+REF = REFERENCE_DIR / "co_metal_rt.xdi"
 
 
 def make_frames(n_frames: int, n_points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

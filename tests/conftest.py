@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from spt_stream.data import REFERENCE_DIR as PACKAGED_REFERENCES
+
 # The engine's default model backend on the CPU is ``aot`` (an AOTInductor package compiled once
 # per model, torch and CPU: ~40 s cold). Engines started by the suite (in process and as
 # ``spt-stream`` subprocesses, which inherit this) run the eager model unless the caller sets
@@ -16,12 +18,12 @@ os.environ.setdefault("SPT_MODEL_BACKEND", "eager")
 pytest_plugins: list[str] = ["tests.plugins.kafka", "tests.plugins.tiled"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "data" / "xas-references"
+REFERENCE_DIR = PACKAGED_REFERENCES
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """The real measured spectra shipped in ../shared/data/xas-references."""
+    """The real measured spectra shipped in the package (spt_stream/data/xas-references)."""
     if not REFERENCE_DIR.is_dir():
         raise RuntimeError(f"reference spectra not found at {REFERENCE_DIR}")
     return REFERENCE_DIR

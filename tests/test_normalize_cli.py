@@ -9,8 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from spt_stream.commands import normalize
-
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "xas-references"
+from spt_stream.data import REFERENCE_DIR
 
 
 def _app() -> typer.Typer:

@@ -3,7 +3,6 @@ resampling and the frame path."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -13,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spt_stream.config import NormalizationSettings
+from spt_stream.data import REFERENCE_DIR
 from spt_stream.errors import ConfigError, NormalizationError
 from spt_stream.frames import Frame
 from spt_stream.grid import MODEL_GRID_REL, edge_energy
@@ -28,8 +28,6 @@ from spt_stream.normalize import (
 )
 from spt_stream.normalize.torch_kernels import normalize_batch_torch
 from spt_stream.readers import read_spectrum
-
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "xas-references"
 
 
 def synthetic(

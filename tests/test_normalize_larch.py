@@ -1,24 +1,24 @@
 """Agreement of spt-stream's batched normalization with xraylarch's ``pre_edge``/``find_e0``.
 
-Every measured spectrum in ../shared/data/xas-references is read with spt-stream's reader and
+Every measured spectrum in spt_stream/data/xas-references is read with spt-stream's reader and
 the same arrays go to Larch and to spt-stream.
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from spt_stream.data import REFERENCE_DIR
 from spt_stream.normalize import NormParams, find_e0, normalize_batch
 from spt_stream.readers import read_spectrum
 
 pytestmark = pytest.mark.larch
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "xas-references"
+
 REFERENCE_FILES = sorted(p.name for p in REFERENCE_DIR.glob("*") if p.suffix not in (".md", ".tsv"))
 #: Files where Larch's own e0 is not the absorption edge: the scan stops at 7108.6 eV, before
 #: the Fe K edge (7112 eV), and Larch's e0 (7103.6 eV) is a point on the rising pre-edge.

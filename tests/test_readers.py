@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spt_stream.data import REFERENCE_DIR
 from spt_stream.errors import ReaderError
 from spt_stream.normalize import QualityFlag
 from spt_stream.readers import read_spectra, read_spectrum
-
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "xas-references"
 
 
 def _manifest() -> dict[str, dict[str, str]]:

@@ -25,13 +25,13 @@ def rows(reference_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_reference_loader_reads_every_usable_file(reference_dir: Path) -> None:
-    """All 33 files minus the documented exclusions load with increasing energies in eV."""
+    """All 45 files minus the 3 documented exclusions load with increasing energies in eV."""
     refs = load_references(reference_dir)
-    assert len(refs) == 30
+    assert len(refs) == 42
     for r in refs:
         assert np.all(np.diff(r.energy) > 0)
         assert r.energy[0] > 6000
-        assert r.element in ("Fe", "Mn", "Co")
+        assert r.element in ("Fe", "Mn", "Co", "Zn")
 
 
 def test_simulated_fe_mn_co_within_stated_residual(rows: list[dict[str, Any]]) -> None:

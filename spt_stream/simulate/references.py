@@ -1,6 +1,6 @@
 """The measured reference spectra used to calibrate and check the simulator.
 
-Reads the plain-text files of ``../shared/data/xas-references`` listed in its ``MANIFEST.tsv``
+Reads the plain-text files of ``spt_stream/data/xas-references`` listed in its ``MANIFEST.tsv``
 (XDI with i0/itrans columns, two-column Athena exports, ``energy mu dmude``, keV energies) into
 raw ``(energy_eV, mu)`` arrays, together with a structural model of each compound
 (:data:`REFERENCE_SITES`: the dominant absorbing site, close to the known crystal structure) for
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spt_stream.data import REFERENCE_DIR
 from spt_stream.errors import ReaderError
 from spt_stream.frames import FloatArray
 from spt_stream.simulate.environment import SiteSpec
@@ -28,7 +29,7 @@ __all__ = [
     "load_references",
 ]
 
-DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "xas-references"
+DEFAULT_REFERENCE_DIR = REFERENCE_DIR
 
 _O6 = ("O",) * 6
 _O4 = ("O",) * 4
@@ -94,10 +95,10 @@ def _xdi_columns(lines: list[str]) -> dict[str, int]:
     for ln in lines:
         if ln.startswith("#") and "Column." in ln:
             head, _, rest = ln.partition(":")
-            try:
-                idx = int(head.split("Column.")[1]) - 1
-            except ValueError:
+            number = head.partition("Column.")[2].strip()
+            if not number.isdigit() or not rest.strip():  # e.g. "# Legend.Start: Column.N: ..."
                 continue
+            idx = int(number) - 1
             cols[rest.strip().split()[0].lower()] = idx
     return cols
 

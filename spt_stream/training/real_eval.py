@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from spt_stream.data import REFERENCE_DIR
+
 __all__ = ["evaluate_references", "main", "markdown_report"]
 
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--references",
         type=Path,
-        default=Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "xas-references",
+        default=REFERENCE_DIR,
     )
     ap.add_argument("--model", type=Path, default=None)
     args = ap.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Nothing here is a mock: these are ophyd devices run by a real bluesky RunEngine, producing the
 documents a beamline would. The absorption model is a real Fe-foil quick-XAS spectrum from
-``../shared/data/xas-references`` (public XAS data, see its MANIFEST.tsv).
+``spt_stream/data/xas-references`` (public XAS data, see its MANIFEST.tsv).
 
 * :class:`QuickXasDetector`: an array detector; ``<name>_mu`` is a 1-D array signal (one spectrum
   per trigger, the edge shifting slowly), ``<name>_energy`` is the grid as a ``kind="config"``
@@ -14,7 +14,6 @@ documents a beamline would. The absorption model is a real Fe-foil quick-XAS spe
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,14 +23,9 @@ from ophyd import Device, Signal
 from ophyd.sim import SynAxis, SynSignal
 from ophyd.status import StatusBase
 
-REFERENCE_FILE = (
-    Path(__file__).resolve().parents[2]
-    / ".."
-    / "shared"
-    / "data"
-    / "xas-references"
-    / "FeFoil_QXAFS_Compare__Fe_foil_250msec_qxafs.001.txt"
-)
+from spt_stream.data import REFERENCE_DIR
+
+REFERENCE_FILE = REFERENCE_DIR / "FeFoil_QXAFS_Compare__Fe_foil_250msec_qxafs.001.txt"
 
 Docs = list[tuple[str, dict[str, Any]]]
 
