@@ -19,6 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help (click's formatter): whole option names and wrapped text at 80 columns, where
+    # rich's boxed tables cut names such as --feedback-documents-topic.
+    rich_markup_mode=None,
 )
 
 #: Command modules, in the order ``--help`` lists them. Each defines ``register(app)``.
@@ -33,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "simulate",
     "plot",
     "broker",
+    "view",
 )
 
 

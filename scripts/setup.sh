@@ -18,7 +18,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip setuptools wheel >&2
 # torch first and pinned: this version is the CPU build on this disk; an open range would pull CUDA.
 "${pip[@]}" install "torch==2.13.0" >&2
-"${pip[@]}" install -e "$root[dev,tiled,tiled-server,train]" >&2
+"${pip[@]}" install -e "$root[dev,tiled,tiled-server,train,view]" >&2
 # Larch without its 2 GB of optional dependencies: enough for larch.xafs.pre_edge (test reference).
 "${pip[@]}" install --no-deps "xraylarch==2026.3.1" >&2
 "${pip[@]}" install lmfit asteval uncertainties dill packaging tomli tomli_w termcolor \
