@@ -14,14 +14,29 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 echo "[setup] preparing $venv (first run takes a few minutes)" >&2
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip setuptools wheel >&2
+# pip's own output (progress, resolver notes, packages' banners) goes to a log, shown on failure.
+log="$venv/setup.log"
+: > "$log"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check --no-input -q)
+step() {  # step "what" pip-arguments...: one line per step; the log's tail if pip fails
+  echo "[setup] $1" >&2
+  shift
+  if ! "${pip[@]}" "$@" >>"$log" 2>&1; then
+    echo "[setup] failed; the last lines of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+}
+step "pip, setuptools, wheel" install --upgrade pip setuptools wheel
 # torch first and pinned: this version is the CPU build on this disk; an open range would pull CUDA.
-"${pip[@]}" install "torch==2.13.0" >&2
-"${pip[@]}" install -e "$root[dev,tiled,tiled-server,train,view]" >&2
+step "torch (CPU build)" install "torch==2.13.0"
+step "spt-stream and its extras" install -e "$root[dev,tiled,tiled-server,train,view]"
 # Larch without its 2 GB of optional dependencies: enough for larch.xafs.pre_edge (test reference).
-"${pip[@]}" install --no-deps "xraylarch==2026.3.1" >&2
-"${pip[@]}" install lmfit asteval uncertainties dill packaging tomli tomli_w termcolor \
-  charset-normalizer psutil urllib3 pyshortcuts python-dateutil h5py six >&2
+# Its few needed dependencies first, then Larch itself with --no-deps (pip then has nothing to
+# report about the optional ones it leaves out).
+step "xraylarch (lean: the test reference for normalization)" install lmfit asteval \
+  uncertainties dill packaging tomli tomli_w termcolor charset-normalizer psutil urllib3 \
+  pyshortcuts python-dateutil h5py six
+step "xraylarch itself" install --no-deps "xraylarch==2026.3.1"
 echo "$want" > "$stamp"
-echo "[setup] done" >&2
+echo "[setup] done (pip's output: $log)" >&2
