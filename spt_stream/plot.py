@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from spt_stream.errors import SinkError, SptValueError
+
 __all__ = ["POTENTIAL_KEYS", "plot_trace"]
 
 #: Scalar columns recognised as the electrochemical potential, first match wins.
@@ -44,6 +46,14 @@ def plot_trace(
 
     ``reference``: an optional column holding a known value of ``descriptor`` per frame (for a
     simulated experiment), drawn as a dashed line.
+
+    Raises
+    ------
+    SptValueError
+        ``trace`` is not one run's trace store (a trace root, another folder, a file), has no
+        rows, or lacks ``descriptor`` or ``reference``.
+    SinkError
+        ``out`` cannot be written (e.g. a folder on its path is a file).
     """
     import matplotlib
 
@@ -52,9 +62,25 @@ def plot_trace(
 
     from spt_stream.sinks.zarr_trace import open_trace
 
-    ds = open_trace(Path(trace))
+    ds = open_trace(_trace_store(Path(trace)))
     if ds.sizes.get("time", 0) == 0:
-        raise ValueError(f"trace {trace} has no rows")
+        raise SptValueError("the trace has no rows yet", source=str(trace))
+    for column, what in ((descriptor, "descriptor"), (reference, "--reference column")):
+        if column is not None and column not in ds.variables:
+            names = ", ".join(sorted(str(v) for v in ds.data_vars if ds[v].dims == ("time",)))
+            raise SptValueError(
+                f"no {what} {column!r} in the trace (columns: {names})", source=str(trace)
+            )
+    if f"{descriptor}_std" not in ds.variables:
+        raise SptValueError(f"{descriptor!r} has no uncertainty column", source=str(trace))
+    out_path = Path(out)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            why = f"a file is in the way ({exc.filename})"
+        raise SinkError(f"cannot write the figure: {why}", source=str(out)) from exc
     t_min = _seconds(ds) / 60.0
     value = np.asarray(ds[descriptor].values, dtype=np.float64)
     std = np.asarray(ds[f"{descriptor}_std"].values, dtype=np.float64)
@@ -68,7 +94,15 @@ def plot_trace(
     ax = fig.add_subplot(grid[0, 0])
     ax.fill_between(t_min, value - std, value + std, color="C0", alpha=0.25, label="±1 std")
     ax.plot(t_min, value, color="C0", lw=1.2, label=f"SPT {label}")
-    if reference is not None and reference in ds.variables:
+    if descriptor == "os" and "os_edge" in ds.variables:
+        ax.plot(t_min, ds["os_edge"].values, color="C2", lw=0.9, alpha=0.8, label="os_edge")
+    if descriptor == "os" and "os_delta" in ds.variables:
+        # anchored on the network's mean over the run's reference frames
+        n_ref = int(ds.attrs.get("config", {}).get("tracking", {}).get("reference_frames", 5))
+        anchor = float(np.nanmean(value[:n_ref]))
+        ax.plot(t_min, anchor + ds["os_delta"].values, color="C1", lw=0.9,
+                label=f"os(first {n_ref}) + os_delta")  # fmt: skip
+    if reference is not None:
         ax.plot(t_min, ds[reference].values, "k--", lw=1.0, label=reference)
     if "ood" in ds.variables:
         ood = np.asarray(ds["ood"].values, dtype=bool)
@@ -105,8 +139,29 @@ def plot_trace(
     fig.colorbar(mesh, ax=axh, label="normalized μ(E)")
     run_uid = str(ds.attrs.get("run_uid", ""))[:8]
     fig.suptitle(title or f"spt-stream trace {run_uid} ({element} {ds.attrs.get('edge', '')})")
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(out_path, dpi=110)
+    except OSError as exc:
+        raise SinkError(f"cannot write the figure: {exc.strerror or exc}", source=str(out)) from exc
+    finally:
+        plt.close(fig)
     return out_path
+
+
+def _trace_store(path: Path) -> Path:
+    """``path`` if it is one run's trace store; else an error saying what it is instead."""
+    if not path.exists():
+        raise SptValueError("no such trace store", source=str(path))
+    if not path.is_dir():
+        raise SptValueError(
+            "not a trace store (a file; give a <run_uid>.zarr folder)", source=str(path)
+        )
+    if (path / "zarr.json").is_file() or (path / ".zgroup").is_file():
+        return path
+    runs = sorted(p.name for p in path.glob("*.zarr"))
+    if runs:
+        raise SptValueError(
+            f"a trace root holding {len(runs)} run(s); give one of them, e.g. {path / runs[0]}",
+            source=str(path),
+        )
+    raise SptValueError("not a trace store (no zarr.json in it)", source=str(path))

@@ -24,15 +24,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Save a PNG: a descriptor with its uncertainty against time and potential, and the
         normalized spectra as a heat map."""
+        from spt_stream.errors import SptError
         from spt_stream.plot import plot_trace
 
         if not trace.exists():
             typer.echo(f"error: no trace store at {trace}", err=True)
             raise typer.Exit(2)
-        target = out or trace.with_suffix(".png")
+        target = out or trace.resolve().with_suffix(".png")
         try:
             path = plot_trace(trace, target, descriptor=descriptor, reference=reference)
-        except (KeyError, ValueError) as exc:
-            typer.echo(f"error: cannot plot {trace}: {exc}", err=True)
+        except SptError as exc:
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
         typer.echo(str(path))
