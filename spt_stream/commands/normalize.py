@@ -30,8 +30,12 @@ class E0ModeOption(enum.StrEnum):
     robust = "robust"
 
 
-def normalize_files(paths: list[Path], params: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """Read and normalize each file; return (records, error messages)."""
+def normalize_files(
+    paths: list[Path], params: Any, usage: list[str] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read and normalize each file; return (records, error messages). A file whose data do
+    not hold the given ``e0`` is reported in ``usage`` (a wrong option, exit code 2) when given,
+    else among the errors."""
     from spt_stream.errors import SptError
     from spt_stream.normalize import describe_flags, normalize_batch
     from spt_stream.readers import read_spectrum
@@ -41,6 +45,14 @@ def normalize_files(paths: list[Path], params: Any) -> tuple[list[dict[str, Any]
     for path in paths:
         try:
             spec = read_spectrum(path)
+            lo, hi = float(spec.energy[0]), float(spec.energy[-1])
+            if params.e0 is not None and not lo <= params.e0 <= hi:
+                msg = (
+                    f"--e0 {params.e0:g} eV is outside the data ({lo:g} to {hi:g} eV) "
+                    f"[source={path}]"
+                )
+                (usage if usage is not None else errors).append(msg)
+                continue
             res = normalize_batch(spec.energy, spec.mu[None, :], params)
         except SptError as exc:
             msg = str(exc) if exc.source else f"{exc} [source={path}]"
@@ -81,7 +93,7 @@ def _print_table(records: list[dict[str, Any]]) -> None:
             str(len(r["energy"])),
             ", ".join(r["flags"]) or "-",
         )
-    Console().print(table)
+    Console(**_piped_width()).print(table)
 
 
 def _print_csv(records: list[dict[str, Any]]) -> None:
@@ -100,6 +112,14 @@ def _print_csv(records: list[dict[str, Any]]) -> None:
         ]
         for e, n, f in zip(r["energy"], r["norm"], r["flat"], strict=True):
             writer.writerow([*head, repr(e), repr(n), repr(f)])
+
+
+def _piped_width() -> dict[str, Any]:
+    """Console arguments: the terminal's width on a terminal; when piped, wide enough that no
+    cell is cut (rich would otherwise assume 80 columns and cut cells to ``sou…``)."""
+    import sys
+
+    return {} if sys.stdout.isatty() else {"width": 100_000}
 
 
 def register(app: typer.Typer) -> None:
@@ -150,15 +170,18 @@ def register(app: typer.Typer) -> None:
         except ConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        records, errors = normalize_files(files, params)
+        usage: list[str] = []
+        records, errors = normalize_files(files, params, usage)
         if fmt is OutputFormat.json:
             json.dump(records, sys.stdout)
             sys.stdout.write("\n")
         elif fmt is OutputFormat.csv:
             _print_csv(records)
-        else:
+        elif records:
             _print_table(records)
-        for msg in errors:
+        for msg in usage + errors:
             typer.echo(f"error: {msg}", err=True)
+        if usage:
+            raise typer.Exit(2)
         if errors:
             raise typer.Exit(1)

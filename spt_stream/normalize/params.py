@@ -78,10 +78,28 @@ class NormParams:
             value = getattr(self, name)
             if value is not None and not np.isfinite(value):
                 raise ConfigError(f"{name} must be finite, not {value!r}")
+        self._check_ranges()
         if self.min_edge_step < 0 or self.min_step_to_noise < 0:
             raise ConfigError("min_edge_step and min_step_to_noise must be >= 0")
         if self.glitch_step_fraction <= 0 or self.glitch_noise_sigma <= 0:
             raise ConfigError("glitch thresholds must be > 0")
+
+    def _check_ranges(self) -> None:
+        """The given ranges are consistent: the pre-edge below e0 and before the post-edge, each
+        range start below its end (``norm2 < 0`` is Larch's "this far below the data's end")."""
+        pre1, pre2, norm1, norm2 = self.pre1, self.pre2, self.norm1, self.norm2
+        if pre1 is not None and pre1 >= 0:
+            raise ConfigError(f"pre1 = {pre1:g} eV: the pre-edge range must start below e0 (< 0)")
+        if pre2 is not None and pre2 > 0:
+            raise ConfigError(f"pre2 = {pre2:g} eV: the pre-edge range must end at or below e0")
+        if pre1 is not None and pre2 is not None and pre1 >= pre2:
+            raise ConfigError(f"pre1 = {pre1:g} eV must be below pre2 = {pre2:g} eV")
+        if norm1 is not None and norm1 <= 0:
+            raise ConfigError(f"norm1 = {norm1:g} eV: the post-edge range must start above e0")
+        if norm1 is not None and norm2 is not None and norm2 > 0 and norm1 >= norm2:
+            raise ConfigError(f"norm1 = {norm1:g} eV must be below norm2 = {norm2:g} eV")
+        if pre2 is not None and norm1 is not None and pre2 >= norm1:
+            raise ConfigError(f"pre2 = {pre2:g} eV must be below norm1 = {norm1:g} eV")
 
     @classmethod
     def from_settings(cls, settings: NormalizationSettings) -> NormParams:
