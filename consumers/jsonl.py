@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from spt_stream.consumers.replay import ArrayRestorer, CountingHandler, ReplayStats, replay_progress
-from spt_stream.errors import DecodeError
+from spt_stream.errors import DecodeError, SourceError
 from spt_stream.protocols import DocumentHandler, Position
 
 __all__ = ["iter_jsonl_documents", "parse_jsonl_line", "replay_jsonl"]
@@ -150,7 +150,10 @@ def replay_jsonl(
     counting = CountingHandler(handler)
     counting.stats.sources.append(str(p))
     restorer = ArrayRestorer()
-    total = p.stat().st_size
+    try:
+        total = p.stat().st_size
+    except OSError as exc:
+        raise SourceError(f"cannot read file: {exc.strerror or exc}", source=str(p)) from exc
     with replay_progress(f"replay {p.name}", total, enabled=progress, unit="bytes") as advance:
         for lineno, nbytes, raw, parsed in _records(p):
             position = Position(file=str(p), line=lineno)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
@@ -94,28 +94,38 @@ def dead_letter_record(
 
 
 class DeadLetterFile:
-    """Append records to a JSON-lines file (thread-safe, flushed per record)."""
+    """Append records to a JSON-lines file (thread-safe, flushed per record).
+
+    The file (and its folder) is created at the first record: a run that rejects nothing leaves
+    no file behind.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._fh = self.path.open("a", encoding="utf-8")
+        self._fh: TextIO | None = None
         self.failures = 0
+        self.records = 0
 
     def write(self, record: Mapping[str, Any]) -> None:
         line = json.dumps(record, default=repr)
         with self._lock:
             try:
+                if self._fh is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fh = self.path.open("a", encoding="utf-8")
                 self._fh.write(line + "\n")
                 self._fh.flush()
+                self.records += 1
             except OSError as exc:  # never raise into the engine
                 self.failures += 1
                 log.error("dead-letter file %s not writable: %s", self.path, exc)
 
     def close(self) -> None:
         with self._lock:
-            self._fh.close()
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
 
 class MemoryDeadLetter:
