@@ -3,6 +3,7 @@ samples and the CLI."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,32 +85,36 @@ def test_cli_simulate_writes_a_dataset(tmp_path: Path) -> None:
 MIX = Recipe(chunk_size=8, elements={"Co": 1.0}, mixture_prob=1.0, physics=None)
 
 
-def test_mixture_sites_are_one_element_one_valence_apart() -> None:
-    """A mixed-valence sample is two catalogue sites of one element, OS differing by 1, with
-    weights (1 - w, w) summing to 1; every catalogued pair uses catalogue sites."""
+def test_mixture_sites_are_adjacent_catalogue_states_of_one_element() -> None:
+    """A mixed-valence sample is two catalogue sites of one element in ADJACENT states of the
+    catalogue (metal/lowest compound included), weights (1 - w, w) summing to 1; every adjacent
+    pair of every element is catalogued (fractional states dense over each element's range)."""
     from spt_stream.simulate.sampler import MIXED_VALENCE, SITE_CATALOGUE, sample_sites
 
     for el, pairs in MIXED_VALENCE.items():
         known = {(o, g) for o, g, _ in SITE_CATALOGUE[el]}
+        states = sorted({o for o, _ in known})
+        adjacent = set(itertools.pairwise(states))
+        assert {(lo, hi) for lo, _, hi, _, _ in pairs} == adjacent, el
         for lo, g_lo, hi, g_hi, _ in pairs:
-            assert hi == lo + 1, (el, lo, hi)
             assert (lo, g_lo) in known, (el, lo, g_lo)
             assert (hi, g_hi) in known, (el, hi, g_hi)
     rng = np.random.default_rng(3)
-    for _ in range(20):
+    for _ in range(30):
         specs, weights = sample_sites(rng, replace(MIX, elements={"Fe": 1.0, "Mn": 1.0}))
         assert len(specs) == 2
         assert specs[0].element == specs[1].element
-        assert specs[1].oxidation_state == specs[0].oxidation_state + 1
+        states = sorted({o for o, _, _ in SITE_CATALOGUE[specs[0].element]})
+        lo = states.index(specs[0].oxidation_state)
+        assert specs[1].oxidation_state == states[lo + 1]
         assert sum(weights) == pytest.approx(1.0)
         assert 0.0 <= weights[1] <= 1.0
-    zn_only = replace(MIX, elements={"Zn": 1.0})  # Zn has no mixed-valence pair
-    assert len(sample_sites(rng, zn_only)[0]) == 1
 
 
 def test_mixture_labels_are_weighted_means_and_spectrum_the_weighted_sum() -> None:
     """draw_sample (the per-row step of generation): every label is the weight-averaged site
-    label (os = OS_low + w, fractional), and the fine spectrum is sum_i w_i * site spectrum_i."""
+    label (os = (1 - w) OS_low + w OS_high, fractional), and the fine spectrum is
+    sum_i w_i * site spectrum_i."""
     from spt_stream.simulate.descriptors import describe
     from spt_stream.simulate.generate import draw_sample
     from spt_stream.simulate.physics import site_spectrum
@@ -121,7 +126,8 @@ def test_mixture_labels_are_weighted_means_and_spectrum_the_weighted_sum() -> No
         assert len(d.envs) == 2
         w = d.weights[1]
         lo, hi = (describe(e) for e in d.envs)
-        assert d.labels["os"] == pytest.approx(d.envs[0].oxidation_state + w)
+        o_lo, o_hi = d.envs[0].oxidation_state, d.envs[1].oxidation_state
+        assert d.labels["os"] == pytest.approx((1 - w) * o_lo + w * o_hi)
         for k in ("cn", "cn2", "ocn", "nnrs", "mean_nn_distance"):
             assert d.labels[k] == pytest.approx((1 - w) * lo[k] + w * hi[k]), k
         energy = FINE_REL + edge_energy("Co")
@@ -142,7 +148,8 @@ def test_generated_mixtures_have_fractional_labels_and_are_deterministic() -> No
     assert a["mixtures"] == 16
     os_ = a["labels"]["os"]
     assert np.all(np.abs(os_ - np.round(os_)) > 0)
-    assert np.all((os_ > 2) & (os_ < 4))
+    assert np.all((os_ > 0) & (os_ < 4))  # Co0/Co2+, Co2+/Co3+, Co3+/Co4+ pairs
+    assert np.any(os_ < 2)  # the metal/oxide pair is drawn too
     assert np.all(np.isfinite(a["spectra"]))
     plain = generate_arrays(replace(MIX, mixture_prob=0.0), PhysicsParams(), 8, seed=2)
     assert plain["mixtures"] == 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from spt_stream.config import CONFIG_DIR
 from spt_stream.grid import MODEL_GRID_REL, edge_energy
-from spt_stream.simulate.calibrate import trend_features
+from spt_stream.simulate.calibrate import load_params, trend_features
 from spt_stream.simulate.environment import SiteSpec, build_environment
 from spt_stream.simulate.physics import K_GRID, PhysicsParams, acentricity, broaden, chi_k
 from spt_stream.simulate.pipeline import (
@@ -126,3 +129,81 @@ def test_raw_spectrum_is_raw_like_and_normalizes_back() -> None:
     clean = _model_grid(spec)
     dirty = _model_grid(spec, acq)
     assert np.sqrt(np.mean((clean - dirty) ** 2)) < 0.02
+
+
+# -- covalency, d10, glasses, catalogue (issue 15) ------------------------------------------------
+
+
+def test_sulfide_and_selenide_edges_lie_below_the_oxide_by_the_fitted_covalency() -> None:
+    """At the same state and geometry an S4 / Se4 shell's edge lies below the O4 one by
+    shift_per_chi x (chi_O - chi_X) (the calibrated parameter), and its white line is flatter."""
+    from spt_stream.simulate.physics import (
+        ELECTRONEGATIVITY,
+        edge_position,
+        ligand_white_line_factor,
+    )
+
+    p = load_params(CONFIG_DIR / "simulate" / "calibrated.yaml")
+    rng = np.random.default_rng(0)
+    pos = {}
+    for lig in ("O", "S", "Se"):
+        env = build_environment(SiteSpec("Zn", 2, "tetrahedral", (lig,) * 4), rng)
+        pos[lig] = edge_position(env, p)
+    for lig in ("S", "Se"):
+        want = p.shift_per_chi * (ELECTRONEGATIVITY["O"] - ELECTRONEGATIVITY[lig])
+        assert pos["O"] - pos[lig] == pytest.approx(want, abs=1e-9)
+        assert want > 0.5  # the fit found covalent ligands lower the edge
+        assert ligand_white_line_factor(lig, p) < ligand_white_line_factor("O", p)
+
+
+def test_d10_ions_have_no_pre_edge() -> None:
+    """Zn2+ and Cu+ (3d10): no 1s->3d term at all (the spectrum equals the one computed without
+    pre-edge physics); Fe3+ Td has one."""
+    from spt_stream.simulate.physics import site_spectrum
+
+    p = load_params(CONFIG_DIR / "simulate" / "calibrated.yaml")
+    rng = np.random.default_rng(0)
+    for el, os_, pre in (("Zn", 2, False), ("Cu", 1, False), ("Fe", 3, True)):
+        env = build_environment(SiteSpec(el, os_, "tetrahedral", ("O",) * 4), rng)
+        e = edge_energy(el) + FINE_REL
+        p_no_pre = replace(p, pre_quad=0.0, pre_dip=0.0)
+        diff = site_spectrum(env, e, p) - site_spectrum(env, e, p_no_pre)
+        assert (float(np.max(np.abs(diff))) > 0.01) == pre, (el, os_)
+
+
+def test_glass_sites_have_low_broad_coordination_and_their_cn_label_follows_the_shell() -> None:
+    from dataclasses import replace as dc_replace
+
+    from spt_stream.simulate.descriptors import describe
+    from spt_stream.simulate.environment import build_environment
+    from spt_stream.simulate.sampler import Recipe, sample_site
+
+    recipe = dc_replace(Recipe(elements={"Fe": 1.0}, metal_weight=0.0), glass_prob=1.0)
+    rng = np.random.default_rng(5)
+    cns = []
+    for _ in range(40):
+        spec = sample_site(rng, recipe)
+        env = build_environment(spec, rng)
+        assert describe(env)["cn"] == len(env.first_species)
+        assert set(env.first_species) == {"O"}
+        assert spec.bond_jitter >= 0.04
+        cns.append(len(env.first_species))
+    assert set(cns) >= {4, 5, 6}
+    assert np.mean(cns) < 5.2
+
+
+def test_every_catalogued_state_is_generated() -> None:
+    """Each (element, state) of the catalogue, the electrochemical ones included, comes out of
+    the sampler (Ni4+, Co4+, Fe4+, Mn5+, Cu3+, V2+, Cr5+...)."""
+    from spt_stream.simulate.sampler import SITE_CATALOGUE, Recipe, sample_site
+
+    for el, combos in SITE_CATALOGUE.items():
+        seen = set()
+        rng = np.random.default_rng(1)
+        for _ in range(400):
+            seen.add(sample_site(rng, Recipe(elements={el: 1.0})).oxidation_state)
+        assert seen == {o for o, _, _ in combos}, el
+    assert {4} <= {o for o, _, _ in SITE_CATALOGUE["Ni"]}
+    assert {3} <= {o for o, _, _ in SITE_CATALOGUE["Cu"]}
+    assert {2, 3, 4, 5} <= {o for o, _, _ in SITE_CATALOGUE["V"]}
+    assert {2, 3, 4, 5, 6} <= {o for o, _, _ in SITE_CATALOGUE["Cr"]}

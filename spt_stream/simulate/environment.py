@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 ELEMENTS: tuple[str, ...] = ("Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn")
-ANIONS: tuple[str, ...] = ("O", "N", "S", "Cl", "F")
+ANIONS: tuple[str, ...] = ("O", "N", "S", "Cl", "F", "Se")
 Geometry = Literal[
     "linear",
     "tetrahedral",
@@ -70,17 +70,17 @@ _ATOMIC_NUMBER = {
 _R0_OXIDE: dict[tuple[str, int], float] = {
     ("Ti", 2): 1.85, ("Ti", 3): 1.791, ("Ti", 4): 1.815,
     ("V", 2): 1.78, ("V", 3): 1.743, ("V", 4): 1.784, ("V", 5): 1.803,
-    ("Cr", 2): 1.73, ("Cr", 3): 1.724, ("Cr", 4): 1.76, ("Cr", 6): 1.794,
+    ("Cr", 2): 1.73, ("Cr", 3): 1.724, ("Cr", 4): 1.76, ("Cr", 5): 1.77, ("Cr", 6): 1.794,
     ("Mn", 2): 1.790, ("Mn", 3): 1.760, ("Mn", 4): 1.753, ("Mn", 5): 1.77, ("Mn", 6): 1.79,
     ("Mn", 7): 1.79,
     ("Fe", 2): 1.734, ("Fe", 3): 1.759, ("Fe", 4): 1.76,
     ("Co", 2): 1.692, ("Co", 3): 1.70, ("Co", 4): 1.72,
-    ("Ni", 2): 1.654, ("Ni", 3): 1.686,
-    ("Cu", 1): 1.61, ("Cu", 2): 1.679,
+    ("Ni", 2): 1.654, ("Ni", 3): 1.686, ("Ni", 4): 1.70,
+    ("Cu", 1): 1.61, ("Cu", 2): 1.679, ("Cu", 3): 1.73,
     ("Zn", 2): 1.704,
 }  # fmt: skip
 #: R0(M-X) - R0(M-O) for the other anions (Angstrom; average of tabulated differences).
-_R0_ANION_OFFSET = {"O": 0.0, "N": 0.10, "F": -0.10, "S": 0.40, "Cl": 0.34}
+_R0_ANION_OFFSET = {"O": 0.0, "N": 0.10, "F": -0.10, "S": 0.40, "Cl": 0.34, "Se": 0.52}
 #: Twice the 12-coordinate metallic radius (Angstrom): nearest-neighbour distance in the metal.
 _METAL_DIAMETER = {
     "Ti": 2.89, "V": 2.62, "Cr": 2.50, "Mn": 2.58, "Fe": 2.48, "Co": 2.50, "Ni": 2.49, "Cu": 2.56,

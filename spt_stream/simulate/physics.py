@@ -39,14 +39,28 @@ from spt_stream.simulate.environment import LocalEnvironment
 from spt_stream.simulate.feff_tables import load_tables
 
 __all__ = [
+    "ATOMIC_NUMBER",
+    "ELECTRONEGATIVITY",
     "ETOK",
     "PhysicsParams",
     "acentricity",
     "broaden",
     "core_hole_width",
     "edge_position",
+    "ligand_white_line_factor",
     "site_spectrum",
 ]
+
+#: Pauling electronegativities of the first-shell ligands (covalency terms).
+ELECTRONEGATIVITY: dict[str, float] = {
+    "O": 3.44, "N": 3.04, "F": 3.98, "S": 2.58, "Cl": 3.16, "Se": 2.55,
+}  # fmt: skip
+CHI_O = ELECTRONEGATIVITY["O"]
+#: Atomic numbers of the absorbers (edge_per_z term).
+ATOMIC_NUMBER: dict[str, int] = {
+    "Sc": 21, "Ti": 22, "V": 23, "Cr": 24, "Mn": 25, "Fe": 26, "Co": 27, "Ni": 28, "Cu": 29,
+    "Zn": 30,
+}  # fmt: skip
 
 #: 2 m_e / hbar^2 in 1/(eV Angstrom^2): k^2 = ETOK (E - E0).
 ETOK = 0.2624682917
@@ -58,16 +72,27 @@ class PhysicsParams:
 
     #: Edge position of metals (OS 0) relative to the tabulated edge, eV.
     edge_metal: float = 5.0
+    #: Edge position of metals with a full 3d band (Cu, Zn), eV: a sharp edge, no shoulder.
+    edge_metal_d10: float = 2.0
     #: Edge position of an octahedral oxide at OS = 0 extrapolated, eV (relative to tabulated).
     edge_ox0: float = 0.0
     #: Chemical shift per unit oxidation state, eV.
     shift_per_os: float = 3.8
     #: Edge shift per first-shell coordination number below 6, eV (lower CN -> lower edge).
     shift_per_cn: float = 0.5
-    #: Edge shift by ligand (relative to O), eV: softer/more covalent ligands lower the edge.
+    #: Edge shift per unit of ligand electronegativity (Pauling) relative to O, eV: a more
+    #: covalent (less electronegative) first shell gives the absorber more charge back and lowers
+    #: the edge (sulfides, selenides, chlorides below oxides at the same formal state).
+    shift_per_chi: float = 3.0
+    #: Extra edge shift by ligand (relative to O), eV, on top of the electronegativity term.
     shift_ligand: dict[str, float] = field(
-        default_factory=lambda: {"O": 0.0, "N": -0.8, "F": 0.8, "S": -2.5, "Cl": -0.8}
+        default_factory=lambda: {"O": 0.0, "N": 0.0, "F": 0.0, "S": 0.0, "Cl": 0.0, "Se": 0.0}
     )
+    #: Edge shift per unit of atomic number from Fe (Z = 26), eV: the chemical shift relative
+    #: to the metal's tabulated edge changes along the 3d series.
+    edge_per_z: float = 0.0
+    #: Edge shift of closed-shell d10 ions (Zn2+, Cu+), eV: no 3d holes to screen the core hole.
+    edge_d10: float = 0.0
     #: Gaussian width (FWHM, eV) of the compounds' edge step (before core-hole broadening).
     edge_width: float = 3.0
     #: Width of the metal edge step (FWHM, eV).
@@ -81,8 +106,13 @@ class PhysicsParams:
     wl_cn: float = 0.06
     wl_metal: float = 0.0
     wl_ligand: dict[str, float] = field(
-        default_factory=lambda: {"O": 1.0, "N": 0.9, "F": 1.1, "S": 0.6, "Cl": 1.1}
+        default_factory=lambda: {"O": 1.0, "N": 1.0, "F": 1.0, "S": 1.0, "Cl": 1.0, "Se": 1.0}
     )
+    #: White-line loss per unit of ligand electronegativity below O (fraction; covalent ligands
+    #: delocalize the 4p final states and flatten the white line): factor 1 - wl_per_chi * dchi.
+    wl_per_chi: float = 0.4
+    #: White-line factor of d10 ions (a full 3d shell leaves the 4p states sharper).
+    wl_d10: float = 1.0
     #: White-line position above the edge (eV) and FWHM (eV).
     wl_de: float = 4.0
     wl_width: float = 6.0
@@ -165,12 +195,39 @@ def edge_position(env: LocalEnvironment, p: PhysicsParams) -> float:
     """Edge energy (eV, absolute) of a site, before any per-sample spread."""
     e_tab = edge_energy(env.element)
     if env.is_metal:
-        return e_tab + p.edge_metal
+        return e_tab + (p.edge_metal_d10 if full_d_band_metal(env.element) else p.edge_metal)
     cn = len(env.first_species)
-    lig = float(np.mean([p.shift_ligand.get(s, 0.0) for s in env.first_species]))
-    return (
-        e_tab + p.edge_ox0 + p.shift_per_os * env.oxidation_state - p.shift_per_cn * (6 - cn) + lig
+    lig = float(
+        np.mean(
+            [
+                p.shift_ligand.get(s, 0.0) + p.shift_per_chi * (ELECTRONEGATIVITY[s] - CHI_O)
+                for s in env.first_species
+            ]
+        )
     )
+    z = ATOMIC_NUMBER[env.element] - 26
+    d10 = p.edge_d10 if env.d_count >= 10 else 0.0
+    return (
+        e_tab
+        + p.edge_ox0
+        + p.edge_per_z * z
+        + d10
+        + p.shift_per_os * env.oxidation_state
+        - p.shift_per_cn * (6 - cn)
+        + lig
+    )
+
+
+def full_d_band_metal(element: str) -> bool:
+    """Cu and Zn metals: 3d10 (no 3d holes at the Fermi level)."""
+    return ATOMIC_NUMBER[element] >= 29
+
+
+def ligand_white_line_factor(species: str, p: PhysicsParams) -> float:
+    """White-line factor of one first-shell ligand: the per-ligand factor times the covalency
+    loss ``1 - wl_per_chi * max(0, chi_O - chi_X)`` (at least 0.05)."""
+    loss = p.wl_per_chi * max(0.0, CHI_O - ELECTRONEGATIVITY[species])
+    return p.wl_ligand.get(species, 1.0) * max(0.05, 1.0 - loss)
 
 
 def _lorentz(x: FloatArray, fwhm: float) -> FloatArray:
@@ -198,6 +255,8 @@ def _tabulated(element: str, scatterer: str) -> tuple[FloatArray, FloatArray, Fl
 
 
 def _scatterer_key(species: str) -> str:
+    """FEFF6L table of a scatterer: its own for O, N, F, S, Cl; the absorber's metal table for
+    metal neighbours and for Se (Z = 34, the nearest heavy scatterer tabulated: Ti..Zn)."""
     return species if species in ("O", "N", "F", "S", "Cl") else "M"
 
 
@@ -292,9 +351,11 @@ def site_spectrum(
     if env.is_metal:
         w = p.edge_width_metal
         x_f = energy - edge_energy(env.element) - edge_shift
-        step = p.metal_shoulder * (0.5 + np.arctan(x_f / (0.5 * w)) / np.pi) + (
-            1.0 - p.metal_shoulder
-        ) * (0.5 + np.arctan(x / (0.5 * w)) / np.pi)
+        # a full 3d band (Cu, Zn) leaves no empty 3d-4p hybrid states at the Fermi level
+        shoulder = 0.0 if full_d_band_metal(env.element) else p.metal_shoulder
+        step = shoulder * (0.5 + np.arctan(x_f / (0.5 * w)) / np.pi) + (1.0 - shoulder) * (
+            0.5 + np.arctan(x / (0.5 * w)) / np.pi
+        )
     else:
         # many unresolved 1s->4p transitions: a Gaussian (erf) envelope of FWHM edge_width; the
         # core-hole Lorentzian is applied later by ``broaden``
@@ -311,8 +372,9 @@ def site_spectrum(
     if env.is_metal:
         wl_h = p.wl_metal
     else:
-        lig = float(np.mean([p.wl_ligand.get(s, 1.0) for s in env.first_species]))
-        wl_h = max(0.0, (p.wl0 + p.wl_os * env.oxidation_state + p.wl_cn * (cn - 4)) * lig)
+        lig = float(np.mean([ligand_white_line_factor(s, p) for s in env.first_species]))
+        d10 = p.wl_d10 if env.d_count >= 10 else 1.0
+        wl_h = max(0.0, (p.wl0 + p.wl_os * env.oxidation_state + p.wl_cn * (cn - 4)) * lig * d10)
     if wl_h > 0:
         mu = mu + wl_h * _lorentz(x - p.wl_de, p.wl_width)
     holes = (10 - env.d_count) / 10.0

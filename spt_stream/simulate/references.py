@@ -51,6 +51,20 @@ REFERENCE_SITES: dict[str, SiteSpec] = {
     "MnOOH": SiteSpec("Mn", 3, "octahedral", _O6, jahn_teller=0.3, n_edge=2, n_corner=8),
     "MnO2": SiteSpec("Mn", 4, "octahedral", _O6, bond_jitter=0.01, n_edge=2, n_corner=8),
     "Li2MnO3": SiteSpec("Mn", 4, "octahedral", _O6, bond_jitter=0.02, n_edge=3),
+    # pyrite: low-spin Fe2+ in S6 octahedra, 12 Fe at 3.83 A (corner-sharing through S)
+    "FeS2": SiteSpec("Fe", 2, "octahedral", ("S",) * 6, n_corner=12, corner_angle_deg=116),
+    # vivianite: Fe2+ O6 (phosphate and water oxygens), octahedra paired by one shared edge
+    "Fe3(PO4)2 8(H2O)": SiteSpec("Fe", 2, "octahedral", _O6, n_edge=1, sigma2_1=0.008),
+    "Zn": SiteSpec("Zn", 0, "hcp"),
+    # wurtzite / zinc blende: Zn X4 tetrahedra sharing corners, 12 Zn neighbours
+    "ZnO": SiteSpec("Zn", 2, "tetrahedral", _O4, n_corner=12, corner_angle_deg=109.5),
+    "ZnS": SiteSpec("Zn", 2, "tetrahedral", ("S",) * 4, n_corner=12, corner_angle_deg=109.5),
+    "ZnSe": SiteSpec("Zn", 2, "tetrahedral", ("Se",) * 4, n_corner=12, corner_angle_deg=109.5),
+    # sulfate, oxalate: Zn O6 linked through the anions (few Zn neighbours)
+    "ZnSO4": SiteSpec("Zn", 2, "octahedral", _O6, n_corner=2, sigma2_1=0.008),
+    "ZnC2O4": SiteSpec("Zn", 2, "octahedral", _O6, n_corner=2, sigma2_1=0.008),
+    # smithsonite: calcite structure, as siderite
+    "ZnCO3": SiteSpec("Zn", 2, "octahedral", _O6, n_corner=6, corner_angle_deg=125, sigma2_1=0.006),
 }
 #: Spinels: (tetrahedral site, octahedral site, fraction of absorbers on the tetrahedral site).
 MIXTURES: dict[str, tuple[SiteSpec, SiteSpec, float]] = {
@@ -63,6 +77,12 @@ MIXTURES: dict[str, tuple[SiteSpec, SiteSpec, float]] = {
         SiteSpec("Mn", 2, "tetrahedral", _O4, n_corner=12, corner_angle_deg=123),
         SiteSpec("Mn", 3, "octahedral", _O6, jahn_teller=0.3, n_edge=4, n_corner=6),
         1.0 / 3.0,
+    ),
+    # hopeite: two thirds of the Zn in ZnO4 tetrahedra, one third in ZnO2(H2O)4 octahedra
+    "Zn3(PO4)2·4H2O": (
+        SiteSpec("Zn", 2, "tetrahedral", _O4, n_corner=2, sigma2_1=0.006),
+        SiteSpec("Zn", 2, "octahedral", _O6, n_corner=2, sigma2_1=0.008),
+        2.0 / 3.0,
     ),
 }
 #: Files not used: unknown oxidation state, ambiguous columns, or an uncalibrated energy axis.

@@ -7,9 +7,11 @@ metals (OS 0) use the element's own lattice (bcc Fe/Cr/V/Mn-like, fcc Ni/Cu, hcp
 distortion, second-shell and augmentation ranges.
 
 Mixed-valence samples (``Recipe.mixture_prob``): with that probability a sample is two sites of
-the SAME element whose oxidation states differ by one, from :data:`MIXED_VALENCE` (pairs after
-real compounds: Li(1-x)CoO2 Co3+/Co4+ Oh, Fe3O4 / Co3O4 / Mn3O4 spinels Td/Oh, LiMn2O4 Mn3+/Mn4+,
-LiNiO2 Ni2+/Ni3+, ...), mixed with weight ``w ~ U(0, 1)`` on the higher-valent site. Both sites
+the SAME element in ADJACENT oxidation states of the catalogue, from :data:`MIXED_VALENCE` (every
+adjacent pair, metal/lowest compound included: Li(1-x)CoO2 Co3+/Co4+ Oh, Ni3+/Ni4+, Fe3O4-like
+Td/Oh pairs, Fe0/Fe2+ ...), mixed with weight ``w ~ U(0, 1)`` on the higher-valent site. Glass
+sites (``Recipe.glass_prob``): oxygen shells of coordination 4-6 with strong disorder, alone or
+as mixed-valence pairs (Fe2+/Fe3+ glasses). Both sites
 share the compound's ligand kind and thermal disorder (and, for equal geometries, the ligand list
 and second shell); distortions are drawn per site. :func:`sample_sites` returns the sites and
 their weights; a single-site sample is ``((site,), (1.0,))``.
@@ -17,6 +19,7 @@ their weights; a single-site sample is ``((site,), (1.0,))``.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,56 +36,74 @@ __all__ = [
     "SITE_CATALOGUE",
     "Recipe",
     "load_recipe",
+    "sample_compound",
     "sample_site",
     "sample_sites",
 ]
 
-#: (oxidation state, geometry, weight) per element.
+#: (oxidation state, geometry, weight) per element: every state common in solids, including the
+#: ones reached electrochemically (Ni4+, Co4+, Fe4+, Mn4+/Mn5+, Cu3+, V2+..V5+, Cr2+..Cr6+).
 SITE_CATALOGUE: dict[str, tuple[tuple[int, str, float], ...]] = {
-    "Ti": ((0, "hcp", 1), (3, "octahedral", 2), (4, "octahedral", 5), (4, "tetrahedral", 1),
-           (4, "square_pyramidal", 1)),
-    "V": ((0, "bcc", 1), (3, "octahedral", 3), (4, "octahedral", 2), (4, "square_pyramidal", 2),
-          (5, "tetrahedral", 2), (5, "square_pyramidal", 2), (5, "octahedral", 1)),
-    "Cr": ((0, "bcc", 1), (2, "octahedral", 1), (3, "octahedral", 5), (4, "octahedral", 1),
+    "Ti": ((0, "hcp", 1), (2, "octahedral", 0.5), (3, "octahedral", 2), (4, "octahedral", 5),
+           (4, "tetrahedral", 1), (4, "square_pyramidal", 1)),
+    "V": ((0, "bcc", 1), (2, "octahedral", 1), (3, "octahedral", 3), (4, "octahedral", 2),
+          (4, "square_pyramidal", 2), (5, "tetrahedral", 2), (5, "square_pyramidal", 2),
+          (5, "octahedral", 1)),
+    "Cr": ((0, "bcc", 1), (2, "octahedral", 1), (2, "square_planar", 0.5), (3, "octahedral", 5),
+           (4, "octahedral", 1), (4, "tetrahedral", 0.5), (5, "tetrahedral", 0.7),
            (6, "tetrahedral", 2)),
     "Mn": ((0, "bcc", 1), (2, "octahedral", 4), (2, "tetrahedral", 1), (3, "octahedral", 3),
-           (3, "square_pyramidal", 1), (4, "octahedral", 3), (6, "tetrahedral", 0.5),
-           (7, "tetrahedral", 1)),
+           (3, "square_pyramidal", 1), (4, "octahedral", 3), (5, "tetrahedral", 0.5),
+           (6, "tetrahedral", 0.5), (7, "tetrahedral", 1)),
     "Fe": ((0, "bcc", 1), (2, "octahedral", 4), (2, "tetrahedral", 1), (2, "square_planar", 0.3),
            (3, "octahedral", 4), (3, "tetrahedral", 1.5), (3, "trigonal_bipyramidal", 0.5),
-           (4, "octahedral", 0.3)),
+           (4, "octahedral", 0.6)),
     "Co": ((0, "hcp", 1), (2, "octahedral", 3), (2, "tetrahedral", 2), (3, "octahedral", 3),
-           (4, "octahedral", 1)),
+           (4, "octahedral", 1.5)),
     "Ni": ((0, "fcc", 1), (2, "octahedral", 4), (2, "square_planar", 1.5), (2, "tetrahedral", 1),
-           (3, "octahedral", 1.5)),
+           (3, "octahedral", 2), (4, "octahedral", 1.5)),
     "Cu": ((0, "fcc", 1), (1, "linear", 1), (1, "tetrahedral", 1), (2, "octahedral", 2),
-           (2, "square_planar", 2), (2, "square_pyramidal", 1.5)),
+           (2, "square_planar", 2), (2, "square_pyramidal", 1.5), (3, "square_planar", 0.7)),
     "Zn": ((0, "hcp", 1), (2, "tetrahedral", 3), (2, "octahedral", 2),
            (2, "trigonal_bipyramidal", 0.5)),
 }  # fmt: skip
 METAL_LATTICE = {e: next(g for os_, g, _ in SITE_CATALOGUE[e] if os_ == 0) for e in ELEMENTS}
 
-#: Mixed-valence pairs per element: (lower OS, its geometry, OS + 1, its geometry, weight), after
-#: real compounds; both ends are :data:`SITE_CATALOGUE` sites (Zn has no pair).
+#: Geometries of glass sites: low, broadly distributed coordination (4-6), with weights.
+GLASS_GEOMETRIES: tuple[tuple[str, float], ...] = (
+    ("tetrahedral", 3.0), ("trigonal_bipyramidal", 2.0), ("square_pyramidal", 2.0),
+    ("octahedral", 1.5),
+)  # fmt: skip
+
+
+def _adjacent_pairs(el: str) -> tuple[tuple[int, str, int, str, float], ...]:
+    """Every pair of ADJACENT oxidation states the catalogue holds for ``el`` (metal and lowest
+    compound state included), each in its most common geometry, or in a geometry both states
+    share (one structure type, e.g. Li(1-x)CoO2 Oh/Oh), plus spinel-like Td/Oh pairs."""
+    by_state: dict[int, list[tuple[str, float]]] = {}
+    for os_, geom, w in SITE_CATALOGUE[el]:
+        by_state.setdefault(os_, []).append((geom, w))
+    states = sorted(by_state)
+    out: list[tuple[int, str, int, str, float]] = []
+    for lo, hi in itertools.pairwise(states):
+        g_lo = {g: w for g, w in by_state[lo]}
+        g_hi = {g: w for g, w in by_state[hi]}
+        shared = [g for g in g_lo if g in g_hi]
+        for g in shared:
+            out.append((lo, g, hi, g, min(g_lo[g], g_hi[g])))
+        best_lo = max(g_lo, key=lambda g: g_lo[g])
+        best_hi = max(g_hi, key=lambda g: g_hi[g])
+        if not shared or best_lo != best_hi:
+            out.append((lo, best_lo, hi, best_hi, 1.0))
+    return tuple(out)
+
+
+#: Mixed-valence pairs per element: (lower OS, its geometry, next OS up, its geometry, weight):
+#: EVERY adjacent pair of states in :data:`SITE_CATALOGUE` (metal/oxide included), so fractional
+#: states are dense over each element's whole range; Zn (one compound state) pairs Zn0/Zn2+.
 MIXED_VALENCE: dict[str, tuple[tuple[int, str, int, str, float], ...]] = {
-    "Ti": ((3, "octahedral", 4, "octahedral", 1),),  # Magneli Ti4O7, Li4+xTi5O12
-    "V": ((3, "octahedral", 4, "octahedral", 1),  # V4O7-like Magneli phases
-          (4, "square_pyramidal", 5, "square_pyramidal", 1),  # LixV2O5, V6O13
-          (4, "octahedral", 5, "octahedral", 0.5)),
-    "Cr": ((2, "octahedral", 3, "octahedral", 1),
-           (3, "octahedral", 4, "octahedral", 0.5)),  # Cr8O21-like oxides
-    "Mn": ((2, "tetrahedral", 3, "octahedral", 1),  # Mn3O4 hausmannite (spinel)
-           (3, "octahedral", 4, "octahedral", 2),  # LiMn2O4, La(1-x)Sr(x)MnO3
-           (2, "octahedral", 3, "octahedral", 1)),  # MnO/Mn2O3 during cycling
-    "Fe": ((2, "octahedral", 3, "octahedral", 2),  # Fe3O4 B sites, Li(x)FePO4
-           (2, "octahedral", 3, "tetrahedral", 1),  # Fe3O4: Fe3+ on the A sites
-           (3, "octahedral", 4, "octahedral", 0.3)),  # SrFeO(3-d)
-    "Co": ((3, "octahedral", 4, "octahedral", 3),  # Li(1-x)CoO2 (operando delithiation)
-           (2, "tetrahedral", 3, "octahedral", 1),  # Co3O4 spinel
-           (2, "octahedral", 3, "octahedral", 1)),  # CoO -> Co3O4 oxidation
-    "Ni": ((2, "octahedral", 3, "octahedral", 1),),  # LiNiO2, NMC on charge
-    "Cu": ((1, "linear", 2, "square_planar", 1),),  # Cu4O3 paramelaconite
-}  # fmt: skip
+    el: _adjacent_pairs(el) for el in ELEMENTS
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +123,12 @@ class Recipe:
     #: Probability that a sample is a mixed-valence pair (:data:`MIXED_VALENCE`; module doc).
     #: 0 draws no extra random number, so recipes without it reproduce older data sets.
     mixture_prob: float = 0.0
+    #: Probability that a compound sample is a glass site (:func:`_glass_site`; 0 draws no
+    #: extra random number, so older recipes reproduce their data).
+    glass_prob: float = 0.0
+    glass_bond_jitter: tuple[float, float] = (0.04, 0.12)
+    glass_angle_jitter_deg: tuple[float, float] = (8.0, 20.0)
+    glass_sigma2_1: tuple[float, float] = (0.006, 0.02)
     #: Oxidation state above which only oxygen is used (oxo-anions).
     oxo_only_above: int = 4
     jahn_teller: tuple[float, float] = (0.0, 0.35)
@@ -183,6 +210,8 @@ def sample_site(rng: np.random.Generator, recipe: Recipe) -> SiteSpec:
     if not combos:
         raise ConfigError(f"recipe leaves no site combination for {el}")
     os_, geom = _choice(rng, combos, weights)
+    if os_ > 0 and recipe.glass_prob > 0 and rng.random() < recipe.glass_prob:
+        return _glass_site(rng, recipe, el, int(os_))
     s1 = rng.uniform(*recipe.sigma2_1)
     s2 = rng.uniform(*recipe.sigma2_2)
     if os_ == 0:
@@ -190,6 +219,39 @@ def sample_site(rng: np.random.Generator, recipe: Recipe) -> SiteSpec:
     n = len(ideal_directions(geom))
     ligs = ["O"] * n if os_ > recipe.oxo_only_above else _ligands(rng, recipe, n)
     return _compound_site(rng, recipe, el, int(os_), geom, tuple(ligs), s1, s2)
+
+
+def sample_compound(
+    rng: np.random.Generator, recipe: Recipe, el: str, os_: int, geom: str
+) -> SiteSpec:
+    """A compound site of given element, state and geometry, with drawn ligands and shells."""
+    n = len(ideal_directions(geom))
+    ligs = ["O"] * n if os_ > recipe.oxo_only_above else _ligands(rng, recipe, n)
+    s1 = rng.uniform(*recipe.sigma2_1)
+    s2 = rng.uniform(*recipe.sigma2_2)
+    return _compound_site(rng, recipe, el, os_, geom, tuple(ligs), s1, s2)
+
+
+def _glass_site(rng: np.random.Generator, recipe: Recipe, el: str, os_: int) -> SiteSpec:
+    """A site in a glass: oxygen shell of low, broadly distributed coordination (4-6), strong
+    bond-length and angular disorder, large sigma^2, few metal second neighbours (the network
+    formers Si/B/P around it are light and disordered: no coherent metal shell)."""
+    geoms = [g for g, _ in GLASS_GEOMETRIES]
+    geom = _choice(rng, geoms, [w for _, w in GLASS_GEOMETRIES])
+    n = len(ideal_directions(geom))
+    return SiteSpec(
+        el,
+        os_,
+        geom,
+        ("O",) * n,
+        bond_jitter=rng.uniform(*recipe.glass_bond_jitter),
+        angle_jitter_deg=rng.uniform(*recipe.glass_angle_jitter_deg),
+        n_edge=0,
+        n_corner=int(rng.integers(0, 3)),
+        corner_angle_deg=float(rng.uniform(120.0, 160.0)),
+        sigma2_1=rng.uniform(*recipe.glass_sigma2_1),
+        sigma2_2=rng.uniform(0.015, 0.03),
+    )
 
 
 def _ligands(
@@ -299,6 +361,11 @@ def sample_sites(
     w = float(rng.uniform(0.0, 1.0))
     s1 = rng.uniform(*recipe.sigma2_1)
     s2 = rng.uniform(*recipe.sigma2_2)
+    if lo == 0:  # a metal and its lowest compound state (partly oxidized metal, reduced catalyst)
+        metal = SiteSpec(el, 0, g_lo, bond_jitter=rng.uniform(0.0, 0.02), sigma2_1=s1, sigma2_2=s2)
+        return (metal, sample_compound(rng, recipe, el, hi, g_hi)), (1.0 - w, w)
+    if recipe.glass_prob > 0 and rng.random() < recipe.glass_prob:  # Fe2+/Fe3+ in a glass...
+        return (_glass_site(rng, recipe, el, lo), _glass_site(rng, recipe, el, hi)), (1.0 - w, w)
     n_lo, n_hi = len(ideal_directions(g_lo)), len(ideal_directions(g_hi))
     names = list(recipe.ligands)
     oxo = hi > recipe.oxo_only_above

@@ -22,6 +22,7 @@ uniform +-``scale_jitter``) and Gaussian noise with a per-spectrum sigma drawn u
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -337,6 +338,13 @@ def fit(
             history.append(
                 {"epoch": epoch + 1, "train_loss": run_loss / steps_per_epoch, "val_loss": val}
             )
+            if progress and not (bar and bar.console.is_terminal):
+                # plain, greppable lines when the output is not a terminal (logs, CI)
+                print(
+                    f"epoch {epoch + 1}/{cfg.epochs} train_loss {run_loss / steps_per_epoch:.4f} "
+                    f"val_loss {val:.4f} elapsed_s {time.perf_counter() - t0:.0f}",
+                    flush=True,
+                )
             if val < best_val - 1e-4:
                 best_val, best_epoch, bad_epochs = val, epoch + 1, 0
                 best_state = copy.deepcopy(net.state_dict())
@@ -388,7 +396,31 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Labels derived from another label when a data set lacks them: ``os_cont`` (the regression
+#: head of the oxidation state) learns the same, possibly fractional, ``os`` label.
+DERIVED_LABELS: dict[str, str] = {"os_cont": "os"}
+
+
+def with_derived_labels(ds: SpectraDataset) -> SpectraDataset:
+    """``ds`` with the :data:`DERIVED_LABELS` it lacks added (copies of their source label)."""
+    extra = {
+        name: np.array(ds.labels[src], copy=True)
+        for name, src in DERIVED_LABELS.items()
+        if name not in ds.labels and src in ds.labels
+    }
+    if not extra:
+        return ds
+    return dataclasses.replace(ds, labels={**ds.labels, **extra})
+
+
 def _load_splits(cfg: TrainConfig) -> tuple[SpectraDataset, SpectraDataset, SpectraDataset]:
+    tr, va, te = _load_raw_splits(cfg)
+    return with_derived_labels(tr), with_derived_labels(va), with_derived_labels(te)
+
+
+def _load_raw_splits(
+    cfg: TrainConfig,
+) -> tuple[SpectraDataset, SpectraDataset, SpectraDataset]:
     if cfg.dataset is not None:
         ds = load_dataset(cfg.dataset)
     elif cfg.toy is not None:
