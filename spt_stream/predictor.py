@@ -40,7 +40,10 @@ from spt_stream.models import SPTInference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "Precision", "PredictionBatch", "Predictor"]
+__all__ = ["CONT_SUFFIX", "Backend", "Precision", "PredictionBatch", "Predictor"]
+
+#: A continuous head ``<name>_cont`` beside a discrete head ``<name>`` is served as ``<name>``.
+CONT_SUFFIX = "_cont"
 
 F32 = npt.NDArray[np.float32]
 #: How the network runs: ``eager`` PyTorch, ``compile`` (torch.compile, static bucket shapes),
@@ -54,8 +57,11 @@ Precision = Literal["auto", "fp32", "bf16"]
 class PredictionBatch:
     """Predictions for b spectra; every array has b rows, in input order.
 
-    ``values[name]``: class expectation (discrete) or predicted mean (continuous);
-    ``std[name]``: spread of the calibrated class distribution / predicted sigma;
+    ``values[name]``: class expectation (discrete) or predicted mean (continuous; a descriptor
+    with a regression head ``<name>_cont`` beside its classifier, as ``os``, is served from the
+    regression: fractional, continuous);
+    ``std[name]``: spread of the calibrated class distribution / predicted sigma, with the
+    checkpoint's sim-to-real term added in quadrature where it has one;
     ``probs[name]`` (b, C) for discrete descriptors with ``class_labels[name]``;
     ``ood_score`` (about 1 in distribution) and ``ood`` (score above the fitted threshold);
     ``valid``: False where the input row was not finite (its outputs are NaN).
@@ -149,7 +155,26 @@ class Predictor:
             self._forward = self.model
         cfg = model.cfg
         self.n_points = cfg.n_points
-        self.descriptor_names: tuple[str, ...] = tuple(h.name for h in cfg.heads)
+        #: The network's heads, in output order.
+        self.head_names: tuple[str, ...] = tuple(h.name for h in cfg.heads)
+        #: What is served: the heads, with a regression head ``X_cont`` served AS ``X`` (value
+        #: and std; the classifier ``X`` keeps its class probabilities) and not on its own.
+        self.continuous_of: dict[str, str] = {
+            h[: -len(CONT_SUFFIX)]: h
+            for h in self.head_names
+            if h.endswith(CONT_SUFFIX) and h[: -len(CONT_SUFFIX)] in self.head_names
+        }
+        self.descriptor_names: tuple[str, ...] = tuple(
+            h for h in self.head_names if h not in self.continuous_of.values()
+        )
+        #: Sim-to-real uncertainty added (in quadrature) to the served std of a descriptor, per
+        #: absorbing element, with "*" for elements without measured references (checkpoint
+        #: metadata ``extra["real_std"]``, fitted on the measured references; see
+        #: spt_stream.training.real_calibration).
+        self.real_std: dict[str, dict[str, float]] = {
+            str(k): {str(e): float(s) for e, s in v.items()}
+            for k, v in dict(metadata.extra.get("real_std", {})).items()
+        }
         self.class_labels: dict[str, tuple[str, ...]] = {
             d.name: d.class_labels for d in metadata.schema.descriptors if d.kind == "discrete"
         }
@@ -270,7 +295,7 @@ class Predictor:
             for i in range(0, len(x), self.max_batch)
         ]
         out = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-        return self._unpack(out, valid)
+        return self._unpack(out, valid, elements)
 
     @torch.inference_mode()
     def _run(self, x: F32, el: npt.NDArray[np.int64]) -> F32:
@@ -303,12 +328,25 @@ class Predictor:
         result: F32 = packed[:b].cpu().numpy()
         return result
 
-    def _unpack(self, out: F32, valid: npt.NDArray[np.bool_]) -> PredictionBatch:
-        h = len(self.descriptor_names)
+    def _unpack(
+        self, out: F32, valid: npt.NDArray[np.bool_], elements: Sequence[str]
+    ) -> PredictionBatch:
+        h = len(self.head_names)
         out = out.copy()
         out[~valid] = np.nan
-        values = {n: out[:, j] for j, n in enumerate(self.descriptor_names)}
-        std = {n: out[:, h + j] for j, n in enumerate(self.descriptor_names)}
+        values = {n: out[:, j] for j, n in enumerate(self.head_names)}
+        std = {n: out[:, h + j] for j, n in enumerate(self.head_names)}
+        for served, cont in self.continuous_of.items():
+            values[served] = values.pop(cont)
+            std[served] = std.pop(cont)
+        for name, per_el in self.real_std.items():
+            if name in std and per_el:
+                default = per_el.get("*", 0.0)
+                extra = np.array(
+                    [per_el.get(str(e).strip().capitalize(), default) for e in elements],
+                    dtype=np.float32,
+                )
+                std[name] = np.sqrt(std[name] ** 2 + extra**2).astype(np.float32)
         probs: dict[str, F32] = {}
         off = 2 * h
         for head in self.model.cfg.heads:

@@ -46,6 +46,8 @@ __all__ = [
 
 #: Columns with a fixed meaning (not descriptors, not scalars).
 RESERVED_COLUMNS = frozenset({"e0", "ood_score", "ood", "flags"})
+#: The classical per-frame features (spt_stream.classical.features): the message's ``classical``.
+CLASSICAL_COLUMNS = ("e_half", "wl_energy", "wl_height", "pre_centroid", "pre_area")
 
 _NAMESPACE = uuid.UUID("0b5c1a8e-5a61-4c43-9d0e-7f1c2b3a4d5e")
 
@@ -76,6 +78,7 @@ class FrameColumns:
         else:
             descs = tuple(n for n in descriptors if n in rows.columns)
         taken = set(descs) | {f"{d}_std" for d in descs} | RESERVED_COLUMNS
+        taken |= set(CLASSICAL_COLUMNS)
         return cls(descriptors=descs, scalars=tuple(n for n in names if n not in taken))
 
 
@@ -109,6 +112,7 @@ def frame_messages(
         if pc is not None:
             probs[d] = ([class_label(v) for v in pc.coord.tolist()], pc.values.tolist())
     stds = {d: c.get(f"{d}_std", nan) for d in cols.descriptors}
+    classical = [n for n in CLASSICAL_COLUMNS if n in c]
     out: list[FrameFeedback] = []
     for i in range(k):
         descs: dict[str, DescriptorEstimate] = {}
@@ -147,6 +151,7 @@ def frame_messages(
                 quality_flags=int(flag) if math.isfinite(flag) else 0,
                 model=model,
                 scalars={n: float(c[n][i]) for n in cols.scalars if math.isfinite(c[n][i])},
+                classical={n: float(c[n][i]) for n in classical if math.isfinite(c[n][i])},
             )
         )
     return out

@@ -6,8 +6,11 @@ run's messages stay ordered). Its JSON Schema is generated from this model and k
 
 How an agent uses it: subscribe to the feedback topic, ``FrameFeedback.model_validate_json(value)``
 (or any JSON-Schema validator in another language), act on ``descriptors["os"].value`` with its
-``std``, and ignore or flag frames where ``ood`` is true (the spectrum is unlike the training
-data: the numbers are not to be trusted) or ``quality_flags`` is non-zero.
+``std`` (the network), ``descriptors["os_delta"]`` (the change since the run's reference frames,
+from the edge shift: the most precise measure of a trend within a run) or
+``descriptors["os_edge"]`` (the edge-position baseline), and ignore or flag frames where ``ood``
+is true (the spectrum is unlike the training data: the numbers are not to be trusted) or
+``quality_flags`` is non-zero.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["SCHEMA_VERSION", "DescriptorEstimate", "FrameFeedback", "frame_feedback_schema"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class DescriptorEstimate(BaseModel):
@@ -61,6 +64,16 @@ class FrameFeedback(BaseModel):
     model: str = Field(description="Model name and version that produced the estimates.")
     scalars: dict[str, float] = Field(
         default_factory=dict, description="Scalar readings the event carried (potential, ...)."
+    )
+    classical: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Classical descriptors of the frame, pure numpy beside the network: e_half (edge "
+            "energy at half height), wl_energy (white-line energy), pre_centroid (pre-edge "
+            "centroid), all in eV relative to the tabulated edge energy; wl_height (edge "
+            "steps), pre_area (edge steps x eV). The edge-position oxidation state os_edge and "
+            "the run-relative os_delta are in descriptors."
+        ),
     )
 
 
