@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - kafka-python 2.x creates no IO thread 
 
 from spt_stream.config import KafkaSettings
 from spt_stream.consumers.wire import decode_document
-from spt_stream.errors import ConfigError, DecodeError, SptError
+from spt_stream.errors import BrokerError, ConfigError, DecodeError, SptError
 from spt_stream.protocols import DocumentHandler, Position
 
 __all__ = ["KafkaDocumentSource", "SourceStats", "install_stop_signals"]
@@ -167,6 +167,9 @@ class KafkaDocumentSource:
         self._last_check = 0.0
         self._last_resolve = 0.0
         self.stats = SourceStats()
+        #: Whether a broker has answered since this source was made (the connect deadline,
+        #: ``connect_timeout_s``, applies only before it has).
+        self.connected_once = False
         #: Set once the consumer holds its partition assignment, positioned where reading starts
         #: (group join finished, or explicit assignment made); cleared on revocation and when the
         #: client is rebuilt. A producer may wait on it so that its first messages are not
@@ -215,15 +218,32 @@ class KafkaDocumentSource:
             raise
 
     def _connect(self, stop: threading.Event) -> KafkaConsumer | None:
-        """Build the consumer, retrying with exponential backoff; None if ``stop`` was set."""
+        """Build the consumer, retrying with exponential backoff; None if ``stop`` was set.
+
+        Raises
+        ------
+        BrokerError
+            No broker answered within ``connect_timeout_s`` of the first attempt, and this
+            source has never been connected (a later outage is retried without limit).
+        """
         s = self.settings
         delay = s.reconnect_backoff_ms / 1000
-        # One attempt blocks (and delays a stop request) up to this; it grows after each failure
-        # so that a slow-to-bootstrap cluster (SASL_SSL over a WAN) still gets through.
+        # One attempt blocks up to this (a stop request still ends the wait at once); it grows
+        # after each failure so that a slow-to-bootstrap cluster (SASL_SSL over a WAN) still
+        # gets through.
         attempt_ms = min(s.request_timeout_ms, _FIRST_ATTEMPT_MS)
+        first = not self.connected_once
+        deadline = time.monotonic() + s.connect_timeout_s
+        tries = 0
         while not stop.is_set():
+            tries += 1
+            if first:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                attempt_ms = max(min(attempt_ms, left_ms), 100)
             try:
-                consumer = self._new_consumer(attempt_ms)
+                consumer = self._build_consumer(attempt_ms, stop)
+                if consumer is None:
+                    return None
                 self._consumer = consumer
                 self._subscribe(consumer)
             except KafkaConfigurationError as exc:
@@ -231,13 +251,20 @@ class KafkaDocumentSource:
                 raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
             except (KafkaError, OSError) as exc:
                 self._drop_consumer()
+                self._note_lost()
+                if first and time.monotonic() + delay >= deadline:
+                    raise BrokerError(
+                        f"no Kafka broker answered at {s.bootstrap_servers} within "
+                        f"{s.connect_timeout_s:g} s ({tries} attempts; last: {_brief(exc)})",
+                        source=s.bootstrap_servers,
+                    ) from exc
                 log.warning(
-                    "cannot reach Kafka at %s (%s); retrying in %.1f s",
+                    "cannot reach Kafka at %s (attempt %d: %s); retrying in %.1f s",
                     s.bootstrap_servers,
-                    exc,
+                    tries,
+                    _brief(exc),
                     delay,
                 )
-                self._note_lost()
                 stop.wait(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, s.reconnect_backoff_max_ms / 1000)
                 attempt_ms = min(attempt_ms * 2, s.request_timeout_ms)
@@ -245,6 +272,40 @@ class KafkaDocumentSource:
             self._note_connected()
             return consumer
         return None
+
+    def _build_consumer(self, attempt_ms: int, stop: threading.Event) -> KafkaConsumer | None:
+        """:meth:`_new_consumer` on a helper thread, so that ``stop`` ends the wait at once
+        (kafka-python's constructor blocks for the whole bootstrap attempt); None if stopped.
+        A consumer finished after the stop is closed by the helper thread."""
+        done: Future[KafkaConsumer] = Future()
+        lock = threading.Lock()
+        abandoned = False
+
+        def build() -> None:
+            try:
+                consumer = self._new_consumer(attempt_ms)
+            except BaseException as exc:
+                done.set_exception(exc)
+                return
+            with lock:
+                if not abandoned:
+                    done.set_result(consumer)
+                    return
+            try:
+                consumer.close(autocommit=False, timeout_ms=1000)
+            except Exception as exc:  # pragma: no cover - closing an unused client
+                log.debug("closing an abandoned Kafka consumer: %s", exc)
+
+        threading.Thread(target=build, name="spt-kafka-connect", daemon=True).start()
+        while True:
+            try:
+                return done.result(timeout=0.05)
+            except FutureTimeout:
+                if stop.is_set():
+                    with lock:
+                        if not done.done():
+                            abandoned = True
+                            return None
 
     def _subscribe(self, consumer: KafkaConsumer) -> None:
         s = self.settings
@@ -317,6 +378,9 @@ class KafkaDocumentSource:
             self._lost_at = time.monotonic()
 
     def _note_connected(self) -> None:
+        if not self.connected_once:
+            log.info("connected to Kafka at %s", self.settings.bootstrap_servers)
+        self.connected_once = True
         if self._lost_at is not None:
             self.stats.reconnects += 1
             log.warning(
@@ -619,6 +683,14 @@ class KafkaDocumentSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as ``Type: message`` on one line (kafka-python's messages can be long)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    name = type(exc).__name__
+    text = text if text.startswith(name) else f"{name}: {text}"
+    return text[:200]
 
 
 def _call_hook(handler: DocumentHandler, name: str) -> None:

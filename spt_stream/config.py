@@ -2,7 +2,9 @@
 
 Precedence, highest first: keyword arguments (CLI options) > ``SPT_*`` environment variables
 (nested with ``__``, e.g. ``SPT_KAFKA__BOOTSTRAP_SERVERS``) > a user YAML file (``--config``) >
-the packaged defaults in ``configs/engine.yaml`` > the field defaults below.
+the packaged defaults in ``configs/engine.yaml`` > the field defaults below. :func:`load_settings`
+merges the layers in that order (:func:`environment_layer` is the one place the environment is
+read, the Tiled API key's ``SPT_TILED_API_KEY`` included).
 
 Secrets (Kafka SASL password, Tiled API key) are :class:`pydantic.SecretStr`: they never appear
 in ``repr``, logs or the config snapshot written into trace stores
@@ -12,6 +14,7 @@ Settings are validated once, at construction; nothing downstream re-validates pe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +39,7 @@ PROFILE_DIR = CONFIG_DIR / "profiles"
 
 __all__ = [
     "CONFIG_DIR",
+    "TILED_API_KEY_ENV",
     "AssemblySettings",
     "BatchSettings",
     "DeadLetterSettings",
@@ -44,7 +48,9 @@ __all__ = [
     "KafkaSettings",
     "NormalizationSettings",
     "TiledSettings",
+    "TrackingSettings",
     "ZarrSettings",
+    "environment_layer",
     "load_settings",
     "read_yaml",
 ]
@@ -78,6 +84,9 @@ class KafkaSettings(_Frozen):
     #: a group member holds no partition (joining, rebalancing) the source polls at least
     #: 500 ms: shorter polls cut kafka-python's group join short and it re-joins forever.
     poll_timeout_ms: int = Field(20, ge=0)
+    #: The first connection: give up (``BrokerError``, ``spt-stream run`` exits 1) when no broker
+    #: has answered within this many seconds. Later outages are retried without limit.
+    connect_timeout_s: float = Field(120.0, gt=0.0)
     reconnect_backoff_ms: int = Field(200, ge=1)
     reconnect_backoff_max_ms: int = Field(10_000, ge=1)
     request_timeout_ms: int = Field(30_000, ge=1000)
@@ -181,10 +190,20 @@ class FeedbackSettings(_Frozen):
 
 
 class DeadLetterSettings(_Frozen):
-    #: JSON-lines file receiving every rejected message/document with the reason.
-    path: Path | None = Path("spt-dead-letter.jsonl")
+    #: JSON-lines file receiving every rejected message/document with the reason, created at the
+    #: first record (nothing rejected: no file). None: ``dead-letter.jsonl`` in the trace root
+    #: (``zarr.root``), next to the traces.
+    path: Path | None = None
+    #: False: no file; rejected inputs are still logged and counted.
+    file: bool = True
     #: Optional Kafka topic receiving the same records.
     topic: str | None = None
+
+
+class TrackingSettings(_Frozen):
+    #: Run-relative tracking (``os_delta``): the first this many frames of a run (with an edge
+    #: found) are its reference; see spt_stream.classical.tracking.
+    reference_frames: int = Field(5, ge=1, le=10_000)
 
 
 class EngineSettings(BaseSettings):
@@ -206,6 +225,7 @@ class EngineSettings(BaseSettings):
     tiled: TiledSettings = TiledSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     dead_letter: DeadLetterSettings = DeadLetterSettings()
+    tracking: TrackingSettings = TrackingSettings()
     #: Checkpoint path; None = the model shipped with the package.
     model: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -255,8 +275,16 @@ class EngineSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init (merged YAML + CLI, see load_settings) is overridden by the environment.
-        return (env_settings, init_settings)
+        # Keyword arguments first, then the environment. load_settings passes every layer as
+        # keyword arguments, merged in the documented order (the environment included).
+        return (init_settings, env_settings)
+
+    @property
+    def dead_letter_path(self) -> Path | None:
+        """Where rejected inputs are written (see :class:`DeadLetterSettings`); None: nowhere."""
+        if not self.dead_letter.file:
+            return None
+        return self.dead_letter.path or Path(self.zarr.root) / "dead-letter.jsonl"
 
     def public_dump(self) -> dict[str, Any]:
         """The settings as JSON-able data, secrets masked (for logs and trace-store metadata)."""
@@ -307,13 +335,43 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+#: The Tiled API key's own environment variable (the nested ``SPT_TILED__API_KEY`` works too and
+#: wins when both are set).
+TILED_API_KEY_ENV = "SPT_TILED_API_KEY"
+
+
+def environment_layer() -> dict[str, Any]:
+    """The ``SPT_*`` environment variables as nested settings data (``{"kafka": {...}}``).
+
+    The one place settings are read from the environment, ``SPT_TILED_API_KEY`` included.
+
+    Raises
+    ------
+    ConfigError
+        A variable whose value cannot be decoded (e.g. invalid JSON for a list setting).
+    """
+    from pydantic_settings import EnvSettingsSource
+    from pydantic_settings.exceptions import SettingsError
+
+    try:
+        data: dict[str, Any] = EnvSettingsSource(EngineSettings)()
+    except SettingsError as exc:
+        raise ConfigError(f"invalid environment setting: {exc}", source="environment") from exc
+    key = os.environ.get(TILED_API_KEY_ENV)
+    tiled = data.get("tiled")
+    if key and not (isinstance(tiled, Mapping) and tiled.get("api_key")):
+        data["tiled"] = {**(dict(tiled) if isinstance(tiled, Mapping) else {}), "api_key": key}
+    return data
+
+
 def load_settings(
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     *,
     packaged_defaults: bool = True,
 ) -> EngineSettings:
-    """Build :class:`EngineSettings` from packaged YAML, a user YAML, env and overrides.
+    """Build :class:`EngineSettings` from, lowest first, the packaged YAML, a user YAML
+    (``--config``), the ``SPT_*`` environment and ``overrides`` (the command-line options).
 
     ``overrides`` uses the nested shape of the settings (``{"kafka": {"topics": [...]}}``);
     ``None`` values are ignored so CLI options left unset do not mask lower layers.
@@ -323,6 +381,7 @@ def load_settings(
         data = _deep_merge(data, read_yaml(DEFAULT_ENGINE_YAML))
     if config_file is not None:
         data = _deep_merge(data, read_yaml(config_file))
+    data = _deep_merge(data, environment_layer())
     if overrides:
         data = _deep_merge(data, _drop_none(overrides))
     try:

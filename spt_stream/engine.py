@@ -48,6 +48,7 @@ import numpy as np
 from spt_stream._memory import trim_heap
 from spt_stream._version import __version__
 from spt_stream.batching import MicroBatcher
+from spt_stream.classical.tracking import ClassicalStage
 from spt_stream.config import EngineSettings
 from spt_stream.deadletter import DeadLetterSink
 from spt_stream.errors import SptError
@@ -246,6 +247,16 @@ class _Committer:
                 return
 
 
+#: Attributes of the columns normalization fills (trace column ``attrs``, with the model's).
+NORMALIZATION_ATTRS: dict[str, dict[str, str]] = {
+    "e0": {"units": "eV", "long_name": "edge energy found by normalization"},
+    "edge_step": {"units": "mu", "long_name": "edge step (pre- to post-edge line at e0)"},
+    "energy_shift": {"units": "eV", "long_name": "energy shift applied before normalization"},
+    "flags": {"long_name": "normalization quality flags (bit set, spt_stream.normalize)"},
+    "norm": {"long_name": "normalized mu(E) on the model grid"},
+}
+
+
 @dataclass
 class RunProgress:
     """Per-run state the engine keeps (and shows in the status view)."""
@@ -291,6 +302,12 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.predictor = predictor
+        #: Per-column attributes (units, long_name) the model runner declares, given to the sinks
+        #: with the rows (a store sets them when it creates the column).
+        self._column_attrs: dict[str, dict[str, str]] = {
+            **NORMALIZATION_ATTRS,
+            **(getattr(predictor, "column_attrs", None) or {}),
+        }
         self.sinks = list(sinks)
         self.metrics = metrics or EngineMetrics()
         self._commit = commit
@@ -298,6 +315,8 @@ class Engine:
         self._last_commit = clock()
         self._clock = clock
         self._params = NormParams.from_settings(settings.normalization)
+        #: Classical descriptors and run-relative tracking beside the network (per-run state).
+        self.classical = ClassicalStage(settings.tracking.reference_frames)
         self._batcher: MicroBatcher[Frame] = MicroBatcher(settings.batch, clock=clock)
         self._offsets = OffsetTracker()
         self._worker = (
@@ -521,6 +540,13 @@ class Engine:
                     progress.status = "failed"
                     break
         self.metrics.open_runs.set(len(self.runs))
+        log.info(
+            "run %s started: %s %s edge (%s)",
+            info.run_uid,
+            info.element or "?",
+            info.edge or "?",
+            info.resolved_by,
+        )
 
     def _on_frame(self, frame: Frame) -> None:
         progress = self.runs.get(frame.run_uid)
@@ -528,6 +554,9 @@ class Engine:
             self.metrics.rejected.labels(reason="run_not_writable").inc()
             return
         if progress is not None and frame.seq_num in progress.skip:
+            if self.classical.needs_reference(frame.run_uid):
+                # written before a restart: its edge still belongs to the run's reference
+                self._observe_reference(frame)
             progress.duplicates += 1
             self.metrics.duplicates.inc()
             return
@@ -535,6 +564,15 @@ class Engine:
         self.metrics.pending_frames.set(len(self._batcher))
         if batch:
             self._process(batch)
+
+    def _observe_reference(self, frame: Frame) -> None:
+        normed = normalize_frames(
+            [frame],
+            self._params,
+            calibrate_from_reference=self.settings.normalization.calibrate_from_reference,
+            energy_shift=self.settings.normalization.energy_shift,
+        )
+        self.classical.observe([frame.run_uid], [frame.seq_num], normed.norm, normed.grid_rel)
 
     def _on_run_stop(self, run_uid: str, stop: Mapping[str, Any]) -> None:
         pending = self._batcher.flush()
@@ -552,11 +590,19 @@ class Engine:
                 log.error(
                     "sink %s could not finalize run %s: %s", type(sink).__name__, run_uid, exc
                 )
+        self.classical.close_run(run_uid)
         progress = self.runs.pop(run_uid, None)
         if progress is not None:
             progress.status = status
             self._finished.append(progress)
             del self._finished[:-32]
+            log.info(
+                "run %s finished (%s): %d frames, %d duplicates",
+                run_uid,
+                status,
+                progress.frames,
+                progress.duplicates,
+            )
         # Durable once the next commit job has flushed every sink (off this thread: Tiled or
         # the feedback barrier may take seconds); then its offsets become committable.
         if self._committer is not None:
@@ -601,8 +647,16 @@ class Engine:
     def _predict_and_write(self, item: tuple[list[Frame], NormalizedBatch, float]) -> None:
         frames, normed, t0 = item
         columns, arrays = self.predictor.predict_columns(normed.norm, [f.element for f in frames])
+        classical = self.classical.columns(
+            [f.run_uid for f in frames],
+            [f.seq_num for f in frames],
+            [f.element for f in frames],
+            normed.norm,
+            normed.grid_rel,
+        )
         columns = {
             **columns,
+            **classical,
             "e0": normed.e0,
             "edge_step": normed.edge_step,
             "energy_shift": normed.energy_shift,
@@ -616,7 +670,7 @@ class Engine:
         for i, frame in enumerate(frames):
             order.setdefault(frame.run_uid, []).append(i)
         for run_uid, idx in order.items():
-            rows = _rows_for(frames, idx, columns, arrays)
+            rows = _rows_for(frames, idx, columns, arrays, self._column_attrs)
             for i, sink in enumerate(self.sinks):
                 try:
                     sink.write(run_uid, rows)
@@ -669,6 +723,7 @@ def _rows_for(
     idx: list[int],
     columns: Mapping[str, np.ndarray[Any, Any]],
     arrays: Mapping[str, Column2D],
+    attrs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> TraceRows:
     sel = np.asarray(idx)
     records = [
@@ -686,6 +741,7 @@ def _rows_for(
         arrays={
             k: Column2D(values=c.values[sel], dim=c.dim, coord=c.coord) for k, c in arrays.items()
         },
+        attrs={k: dict(v) for k, v in (attrs or {}).items() if k in columns or k in arrays},
     )
 
 

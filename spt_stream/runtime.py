@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import SecretStr
 
+from spt_stream.classical.tracking import CLASSICAL_UNITS
 from spt_stream.config import EngineSettings
 from spt_stream.deadletter import DeadLetterFile, DeadLetterSink, MemoryDeadLetter
 from spt_stream.engine import CommitFn, Engine
@@ -32,11 +32,17 @@ __all__ = [
     "ModelRunner",
     "Pipeline",
     "build_pipeline",
+    "column_attrs",
     "limit_compute_threads",
     "prediction_columns",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Descriptors (value + ``_std``) the classical stage adds beside the network's.
+CLASSICAL_DESCRIPTORS = ("os_edge", "os_delta")
+#: See spt_stream.predictor.CONT_SUFFIX (kept here to avoid importing torch for a name).
+CONT_SUFFIX = "_cont"
 
 
 def prediction_columns(pred: Any) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Column2D]]:
@@ -60,6 +66,34 @@ def prediction_columns(pred: Any) -> tuple[dict[str, np.ndarray[Any, Any]], dict
     columns["ood_score"] = np.asarray(pred.ood_score, dtype=np.float64)
     columns["ood"] = np.asarray(pred.ood, dtype=bool)
     return columns, arrays
+
+
+def column_attrs(predictor: Any) -> dict[str, dict[str, str]]:
+    """Attributes of the columns a :class:`~spt_stream.predictor.Predictor` and the classical
+    stage fill: ``units`` (where the descriptor has one) and ``long_name`` (its description,
+    from the descriptor schema the checkpoint carries), for ``<name>``, ``<name>_std`` and
+    ``<name>_probs``, and ``ood`` / ``ood_score``. Trace stores keep them as variable
+    attributes; ``predict`` prints them."""
+    out: dict[str, dict[str, str]] = {}
+    for d in predictor.metadata.schema.descriptors:
+        base = d.name.removesuffix(CONT_SUFFIX)
+        entry = out.setdefault(base, {})
+        if d.units:
+            entry["units"] = d.units
+        if d.description and (d.name == base or "long_name" not in entry):
+            entry["long_name"] = d.description
+        if d.kind == "discrete":
+            out[f"{base}_probs"] = {"long_name": f"class probabilities of {base}"}
+    for name, (units, meaning) in CLASSICAL_UNITS.items():
+        out[name] = {"units": units, "long_name": meaning}
+    for name, entry in list(out.items()):
+        if not name.endswith("_probs"):
+            std = {"long_name": f"one standard deviation of {name}"}
+            out[f"{name}_std"] = {**({"units": entry["units"]} if "units" in entry else {}), **std}
+    threshold = f"{predictor.ood_threshold:g}"
+    out["ood_score"] = {"long_name": "out-of-distribution score (higher: less like training)"}
+    out["ood"] = {"long_name": f"out of distribution: ood_score above {threshold}"}
+    return out
 
 
 def limit_compute_threads(threads: int | None = None) -> int:
@@ -170,11 +204,18 @@ class ModelRunner:
 
     @property
     def units(self) -> dict[str, str]:
-        out: dict[str, str] = {}
+        """Units of every descriptor the engine serves: the network's (``os`` from its
+        regression head ``os_cont`` when the model has one) and the classical stage's."""
+        out: dict[str, str] = {name: u for name, (u, _) in CLASSICAL_UNITS.items()}
         for d in self.predictor.metadata.schema.descriptors:
             if d.units:
-                out[d.name] = d.units
+                out[d.name.removesuffix(CONT_SUFFIX)] = d.units
         return out
+
+    @property
+    def column_attrs(self) -> dict[str, dict[str, str]]:
+        """See :func:`column_attrs`."""
+        return column_attrs(self.predictor)
 
     def predict_columns(
         self, norm: np.ndarray[Any, Any], elements: Sequence[str | None]
@@ -196,13 +237,6 @@ class Pipeline:
     def close(self) -> None:
         self.engine.close()
         self.dead_letter.close()
-
-
-def _tiled_key(settings: EngineSettings) -> SecretStr | None:
-    if settings.tiled.api_key is not None:
-        return settings.tiled.api_key
-    env = os.environ.get("SPT_TILED_API_KEY")
-    return SecretStr(env) if env else None
 
 
 def build_pipeline(
@@ -238,7 +272,7 @@ def build_pipeline(
         from spt_stream.sinks.tiled_trace import TiledTraceWriter
 
         tiled = TiledTraceWriter(
-            settings.tiled.url, api_key=_tiled_key(settings), queue_size=settings.tiled.queue_size
+            settings.tiled.url, api_key=settings.tiled.api_key, queue_size=settings.tiled.queue_size
         )
         sinks.append(tiled)
     fb = settings.feedback
@@ -254,7 +288,7 @@ def build_pipeline(
             documents_topic=fb.documents_topic,
             model_name=f"{runner.info['name']} {runner.info['version']}",
             model_info=runner.info,
-            descriptors=runner.info["descriptors"],
+            descriptors=[*runner.info["descriptors"], *CLASSICAL_DESCRIPTORS],
             units=runner.units,
             ood_threshold=runner.predictor.ood_threshold,
             before_stop=before_stop,
@@ -262,7 +296,7 @@ def build_pipeline(
         )
         sinks.append(ThreadedSink(publisher, name="feedback", coalesce_rows=256))
     if dead_letter is None:
-        path = settings.dead_letter.path
+        path = settings.dead_letter_path
         dead_letter = DeadLetterFile(path) if path is not None else MemoryDeadLetter()
     engine = Engine(
         settings, runner, sinks, dead_letter=dead_letter, commit=commit, metrics=metrics

@@ -255,7 +255,9 @@ print(json.dumps(out))
 def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
     """``spt-stream demo --frames 30 --rate 20``: exit 0, prints the trace path (whole, on an
     80-column console), the trace holds 30 analysed frames with the cell potential, the PNG
-    exists, and no process (the broker) outlives the command."""
+    exists, and no process (the broker) outlives the command. The README's snippet and the
+    printed "open it with" line work on that trace; ``--out`` holds the log and the Bluesky
+    documents, which ``replay`` analyses again."""
     out = tmp_path / "demo"
     env = {**os.environ, "COLUMNS": "80", "SPT_DEVICE": "cpu"}
     argv = [str(SPT_BIN), "demo", "--frames", "30", "--rate", "20", "--out", str(out)]
@@ -284,3 +286,26 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None
     png = out / "operando_co_oxidation.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot: {png}" in stdout
+
+    # The README's snippet asks for variables the demo's trace has.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (wanted,) = re.findall(r"^ds\[\[(.+?)\]\]", readme, flags=re.M)
+    assert set(re.findall(r'"(\w+)"', wanted)) <= set(ds.variables)
+    # The "open it with" line runs as printed, outside the venv too (the venv's interpreter).
+    (line,) = [ln.strip() for ln in stdout.splitlines() if "xr.open_zarr(" in ln]
+    bare = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}  # no venv on PATH
+    opened = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=120, env=bare)
+    assert opened.returncode == 0, opened.stderr
+    assert "cell_potential" in opened.stdout
+    # --out holds the log and the Bluesky documents, and nothing was written elsewhere.
+    log = out / "demo.log"
+    assert f"log (WARNING and above): {log}" in stdout
+    assert " INFO spt_stream." in log.read_text()
+    documents = out / "documents.jsonl"
+    assert f"Bluesky documents (JSONL): {documents}" in stdout
+    assert not (out / "dead-letter.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    # ... and a new user can replay those documents at once.
+    res = invoke("replay", str(documents), "--zarr", str(tmp_path / "replayed"))
+    assert res.exit_code == 0, res.output
+    assert open_trace(tmp_path / "replayed" / trace.name).sizes["time"] == 30

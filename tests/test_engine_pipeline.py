@@ -79,6 +79,13 @@ def test_in_process_run_yields_every_frame_once(tmp_path: Path, model: ModelRunn
     assert ds["norm"].shape == (40, 224)
     assert ds["os_probs"].shape[0] == 40
     assert np.allclose(ds["os_probs"].sum("os_class").values, 1.0, atol=1e-3)
+    # the classical stage beside the network: edge features, os_edge, run-relative os_delta
+    for name in ("e_half", "wl_energy", "wl_height", "pre_centroid", "pre_area"):
+        assert name in ds.variables, name
+    for name in ("os_edge", "os_delta"):
+        assert np.isfinite(ds[name].values).all(), name
+        assert (ds[f"{name}_std"].values > 0).all(), name
+    assert ds["os_delta"].values[0] == 0.0  # the first frame is its own reference
     assert ds.attrs["status"] == "success"
     assert ds.attrs["element"] == "Co"
     assert ds.attrs["model"]["sha256"] == model.info["sha256"]
@@ -134,6 +141,9 @@ def test_kafka_live_commits_and_feedback(
     os_trace = dict(zip(ds["seq_num"].values.tolist(), ds["os"].values.tolist(), strict=True))
     for m in messages:
         assert m["descriptors"]["os"]["value"] == pytest.approx(os_trace[m["seq_num"]], abs=1e-5)
+        assert {"os_edge", "os_delta"} <= set(m["descriptors"])
+        assert m["descriptors"]["os_delta"]["units"] == "formal charge (e)"
+        assert np.isfinite(m["classical"]["e_half"])
 
 
 def test_replay_gives_the_live_trace(tmp_path: Path, model: ModelRunner) -> None:
@@ -159,6 +169,9 @@ def test_replay_gives_the_live_trace(tmp_path: Path, model: ModelRunner) -> None
     model_outputs = {
         str(n) for n in live.variables for d in descriptors if n == d or str(n).startswith(d + "_")
     } | {"ood_score", "ood"}
+    # the classical stage reads the float32 model input: float32 round-off too
+    model_outputs |= {str(n) for n in live.variables if str(n).startswith(("os_", "e_half"))}
+    model_outputs |= {"wl_energy", "wl_height", "pre_centroid", "pre_area"}
     for name in live.variables:
         a, b = live[name].values, again[name].values
         # Micro-batch boundaries depend on timing (live batches are smaller), and BLAS sums in

@@ -85,14 +85,15 @@ class EdgeCalibration:
         e = np.asarray(e_half, dtype=np.float64)
         offs = np.empty_like(e)
         err = np.empty_like(e)
-        for i, el in enumerate(elements):
-            key = (el or "").strip().capitalize()
+        keys = np.asarray([(el or "").strip().capitalize() for el in elements])
+        for key in set(keys.tolist()):
+            rows = keys == key
             if key in self.offsets:
-                offs[i] = self.offsets[key]
-                err[i] = self.resid_std_ev.get(key, self.pooled_resid_ev)
+                offs[rows] = self.offsets[key]
+                err[rows] = self.resid_std_ev.get(key, self.pooled_resid_ev)
             else:
-                offs[i] = self.mean_offset
-                err[i] = float(np.hypot(self.pooled_resid_ev, self.transfer_std_ev))
+                offs[rows] = self.mean_offset
+                err[rows] = float(np.hypot(self.pooled_resid_ev, self.transfer_std_ev))
         os_ = (e - offs) / self.slope
         std = np.sqrt(err**2 + (np.clip(os_, 0.0, None) * self.slope_std) ** 2) / self.slope
         return os_, std

@@ -24,6 +24,7 @@ Per row (NaN where a feature cannot be found, e.g. a NaN row or no edge crossing
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -77,22 +78,56 @@ class EdgeFeatures:
         }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Constants of one grid, computed once (the kernels run per batch at live rates)."""
+
+    step: float
+    wl: slice
+    pre: slice
+    gx: FloatArray  # pre-edge window energies
+    inv_dx: FloatArray  # (i, j): 1 / (x_j - x_i) for j > i, else 0
+    dx_pos: FloatArray  # (i, k): max(x_k - x_i, 0)
+    upper: npt.NDArray[np.bool_]  # j > i
+    lower_or_eye: npt.NDArray[np.bool_]  # i <= k
+
+
+@lru_cache(maxsize=8)
+def _plan(grid: bytes) -> _Plan:
+    g = np.frombuffer(grid, dtype=np.float64)
+    win = np.flatnonzero((g >= WL_WINDOW[0]) & (g <= WL_WINDOW[1]))
+    lo = int(np.searchsorted(g, PRE_START))
+    hi = int(np.searchsorted(g, PRE_STOP, side="right"))
+    gx = g[lo:hi].copy()
+    n = len(gx)
+    dx = gx[None, :] - gx[:, None]
+    upper = np.triu(np.ones((n, n), dtype=bool), k=1)
+    inv_dx = np.zeros_like(dx)
+    inv_dx[upper] = 1.0 / dx[upper]
+    return _Plan(
+        step=float(g[1] - g[0]),
+        wl=slice(int(win[0]), int(win[-1]) + 1),
+        pre=slice(lo, hi),
+        gx=gx,
+        inv_dx=inv_dx,
+        dx_pos=np.maximum(dx, 0.0),
+        upper=upper,
+        lower_or_eye=np.triu(np.ones((n, n), dtype=bool)),
+    )
+
+
 def _white_line(
-    x: FloatArray, g: FloatArray
+    x: FloatArray, g: FloatArray, plan: _Plan
 ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.intp]]:
-    win = (g >= WL_WINDOW[0]) & (g <= WL_WINDOW[1])
-    lo = int(np.flatnonzero(win)[0])
-    sub = np.where(np.isfinite(x[:, win]), x[:, win], -np.inf)
-    i = lo + np.argmax(sub, axis=1)
+    i = plan.wl.start + np.argmax(x[:, plan.wl], axis=1)
     rows = np.arange(len(x))
     ic = np.clip(i, 1, len(g) - 2)
     y0, y1, y2 = x[rows, ic - 1], x[rows, ic], x[rows, ic + 1]
     denom = y0 - 2.0 * y1 + y2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        off = np.where(denom < 0, 0.5 * (y0 - y2) / denom, 0.0)
-    off = np.clip(np.nan_to_num(off), -0.5, 0.5)
-    step = g[1] - g[0]
-    energy = g[ic] + off * step
+    curved = denom < 0
+    off = np.where(curved, 0.5 * (y0 - y2) / np.where(curved, denom, -1.0), 0.0)
+    off = np.clip(off, -0.5, 0.5)
+    energy = g[ic] + off * plan.step
     height = y1 - 0.25 * (y0 - y2) * off
     return energy, height, i
 
@@ -105,51 +140,38 @@ def _half_height(x: FloatArray, g: FloatArray, i_wl: npt.NDArray[np.intp]) -> Fl
     last = (len(g) - 2) - np.argmax(up[:, ::-1], axis=1)
     rows = np.arange(len(x))
     a, b = lo[rows, last], hi[rows, last]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = (0.5 - a) / (b - a)
-    e = g[last] + frac * (g[last + 1] - g[last])
+    rise = np.where(has, b - a, 1.0)  # > 0 where a crossing exists
+    e = g[last] + (0.5 - a) / rise * (g[last + 1] - g[last])
     out: FloatArray = np.where(has, e, np.nan)
     return out
 
 
-def _lower_hull(gx: FloatArray, y: FloatArray) -> FloatArray:
-    """Values on ``gx`` of the lower convex hull of the points (gx, y) (monotone chain)."""
-    hull: list[int] = []
-    for k in range(len(gx)):
-        while len(hull) >= 2:
-            i, j = hull[-2], hull[-1]
-            # j lies on or above the chord i -> k: not a lower-hull vertex
-            if (y[j] - y[i]) * (gx[k] - gx[i]) >= (y[k] - y[i]) * (gx[j] - gx[i]):
-                hull.pop()
-            else:
-                break
-        hull.append(k)
-    out: FloatArray = np.interp(gx, gx[hull], y[hull])
-    return out
-
-
-def _pre_edge(x: FloatArray, g: FloatArray, e_half: FloatArray) -> tuple[FloatArray, FloatArray]:
+def _pre_edge(x: FloatArray, e_half: FloatArray, plan: _Plan) -> tuple[FloatArray, FloatArray]:
     """Pre-edge area and centroid above the lower convex hull of the window (the rising foot of
-    the edge is convex, so the hull follows it and bridges the peak)."""
-    b = len(x)
-    area = np.full(b, np.nan)
-    centroid = np.full(b, np.nan)
-    step = float(g[1] - g[0])
-    stop = np.minimum(e_half - 3.0, PRE_STOP)
-    lo = int(np.searchsorted(g, PRE_START))
-    for r in range(b):
-        if not np.isfinite(stop[r]):
-            continue
-        hi = int(np.searchsorted(g, stop[r], side="right"))
-        if hi - lo < 5:
-            continue
-        gx, y = g[lo:hi], x[r, lo:hi]
-        resid = np.clip(y - _lower_hull(gx, y), 0.0, None)
-        a = float(resid.sum() * step)
-        area[r] = a
-        if a >= MIN_PRE_AREA:
-            centroid[r] = float((resid * gx).sum() / resid.sum())
-    return centroid, area
+    the edge is convex, so the hull follows it and bridges the peak). Vectorized over rows: the
+    hull at point k is ``min over i <= k <= j`` of the chord (i, j) at k, i.e.
+    ``min_i y_i + (x_k - x_i) min_{j >= k} slope(i, j)`` (a reversed running minimum over j)."""
+    gx = plan.gx
+    y = x[:, plan.pre]
+    n = len(gx)
+    stop = np.where(np.isfinite(e_half), np.minimum(e_half - 3.0, PRE_STOP), -np.inf)
+    n_in = np.searchsorted(gx, stop, side="right")  # window points per row
+    valid = np.arange(n)[None, :] < n_in[:, None]  # (b, n)
+    slope = (y[:, None, :] - y[:, :, None]) * plan.inv_dx[None, :, :]  # (b, i, j)
+    usable = plan.upper[None, :, :] & valid[:, None, :]
+    slope = np.where(usable, slope, np.inf)
+    m = np.minimum.accumulate(slope[:, :, ::-1], axis=2)[:, :, ::-1]  # min over j >= k
+    finite = np.isfinite(m)
+    chord = y[:, :, None] + np.where(finite, m, 0.0) * plan.dx_pos[None, :, :]
+    keep = plan.lower_or_eye[None, :, :] & (finite | np.eye(n, dtype=bool)[None, :, :])
+    hull = np.where(keep, chord, np.inf).min(axis=1)  # (b, k)
+    resid = np.where(valid, np.clip(y - hull, 0.0, None), 0.0)
+    total = resid.sum(axis=1)
+    area = total * plan.step
+    ok = (n_in >= 5) & np.isfinite(e_half)
+    has_peak = ok & (area >= MIN_PRE_AREA)
+    centroid = (resid * gx[None, :]).sum(axis=1) / np.where(has_peak, total, 1.0)
+    return np.where(has_peak, centroid, np.nan), np.where(ok, area, np.nan)
 
 
 def edge_features(norm: npt.ArrayLike, grid_rel: npt.ArrayLike = MODEL_GRID_REL) -> EdgeFeatures:
@@ -163,9 +185,10 @@ def edge_features(norm: npt.ArrayLike, grid_rel: npt.ArrayLike = MODEL_GRID_REL)
         return EdgeFeatures(empty, empty, empty, empty, empty)
     finite: npt.NDArray[np.bool_] = np.asarray(np.isfinite(x).all(axis=1))
     xs = np.where(finite[:, None], x, 0.0)
-    wl_e, wl_h, i_wl = _white_line(xs, g)
+    plan = _plan(np.ascontiguousarray(g).tobytes())
+    wl_e, wl_h, i_wl = _white_line(xs, g, plan)
     e_half = _half_height(xs, g, i_wl)
-    pre_c, pre_a = _pre_edge(xs, g, e_half)
+    pre_c, pre_a = _pre_edge(xs, e_half, plan)
     nan = np.where(finite, 0.0, np.nan)
     return EdgeFeatures(
         e_half=e_half + nan,

@@ -69,6 +69,7 @@ class RunReference:
     target: int
     values: list[float] = field(default_factory=list)
     seq_nums: set[int] = field(default_factory=set)
+    _stats: tuple[float, float, int] | None = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -81,9 +82,15 @@ class RunReference:
         self.seq_nums.add(seq_num)
 
     def mean_and_scatter(self) -> tuple[float, float, int]:
+        """Mean and frame-to-frame scatter (eV) of the reference so far, and its size."""
+        if self._stats is not None:
+            return self._stats
         v = np.asarray(self.values)
         scatter = float(np.std(v, ddof=1)) if len(v) >= 3 else MIN_FRAME_SCATTER_EV
-        return float(v.mean()), max(scatter, MIN_FRAME_SCATTER_EV), len(v)
+        stats = (float(v.mean()), max(scatter, MIN_FRAME_SCATTER_EV), len(v))
+        if self.complete:
+            self._stats = stats
+        return stats
 
 
 class ClassicalStage:
@@ -134,22 +141,32 @@ class ClassicalStage:
         ``os_delta`` with their ``_std``."""
         feats = edge_features(norm, grid_rel)
         cal = self.calibration
-        os_edge, os_edge_std = cal.predict(feats.e_half, elements)
-        delta = np.full(len(feats.e_half), np.nan)
-        delta_std = np.full(len(feats.e_half), np.nan)
+        e_half = feats.e_half
+        os_edge, os_edge_std = cal.predict(e_half, elements)
+        mean = np.full(len(e_half), np.nan)  # the reference each row is compared with
+        scatter = np.full(len(e_half), np.nan)
+        n_ref = np.ones(len(e_half))
+        runs: dict[str, list[int]] = {}
+        for i, uid in enumerate(run_uids):
+            runs.setdefault(uid, []).append(i)
         with self._lock:
-            for i, (uid, seq) in enumerate(zip(run_uids, seq_nums, strict=True)):
+            for uid, rows in runs.items():
                 ref = self._ref(uid)
-                ref.add(int(seq), float(feats.e_half[i]))
-                if not ref.values or not np.isfinite(feats.e_half[i]):
-                    continue
-                mean, scatter, n = ref.mean_and_scatter()
-                d = (feats.e_half[i] - mean) / cal.slope
-                delta[i] = d
-                delta_std[i] = np.sqrt(
-                    (scatter / cal.slope) ** 2 * (1.0 + 1.0 / n)
-                    + (d * cal.slope_std / cal.slope) ** 2
-                )
+                k = 0
+                while k < len(rows) and not ref.complete:  # at most reference_frames rows
+                    i = rows[k]
+                    ref.add(int(seq_nums[i]), float(e_half[i]))
+                    if ref.values:
+                        mean[i], scatter[i], n_ref[i] = ref.mean_and_scatter()
+                    k += 1
+                if k < len(rows):  # reference complete: one vector operation
+                    rest = np.asarray(rows[k:])
+                    mean[rest], scatter[rest], n_ref[rest] = ref.mean_and_scatter()
+        delta = (e_half - mean) / cal.slope
+        delta_std = np.sqrt(
+            (scatter / cal.slope) ** 2 * (1.0 + 1.0 / n_ref)
+            + (delta * cal.slope_std / cal.slope) ** 2
+        )
         return {
             **feats.columns(),
             "os_edge": os_edge,

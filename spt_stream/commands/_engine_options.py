@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 
 __all__ = [
+    "CONNECTION_LOGGERS",
+    "LEVELS",
+    "PLAIN_FORMAT",
     "BootstrapOpt",
     "ConfigOpt",
     "FeedbackTopicOpt",
@@ -38,7 +41,9 @@ ModelOpt = Annotated[
     Path | None, typer.Option("--model", help="Checkpoint (default: the packaged model).")
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Engine YAML config.")]
-LogLevelOpt = Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]
+LogLevelOpt = Annotated[
+    str, typer.Option(help="DEBUG (also the libraries' records), INFO, WARNING or ERROR.")
+]
 
 
 def settings_overrides(
@@ -70,15 +75,57 @@ def settings_overrides(
     }
 
 
-def configure_logging(level: str) -> None:
-    from rich.logging import RichHandler
+#: One line per record when stderr is not a terminal (a log file, a pipe, journald, CI).
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: kafka-python's connection layer logs several ERROR/WARNING records per failed connection
+#: attempt (816 lines in 11 minutes without a broker); the Kafka source reports connection state
+#: itself, one line per retry. Shown with ``--log-level debug``.
+CONNECTION_LOGGERS = ("kafka.net", "kafka.conn", "kafka.client_async")
 
-    logging.basicConfig(
-        level=level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-        force=True,
-    )
+
+def configure_logging(level: str, *, log_file: Path | None = None) -> None:
+    """The engine's loggers (``spt_stream.*``) at ``level``; every other library's (kafka-python,
+    urllib3, httpx, tiled, ...) at WARNING unless ``level`` is DEBUG.
+
+    On a terminal, records are drawn by rich; otherwise each is one plain, greppable line
+    (:data:`PLAIN_FORMAT`). ``log_file``: the engine's records at INFO and above (DEBUG with
+    ``level`` DEBUG) are also appended there, as plain lines, whatever ``level`` shows on stderr.
+
+    Raises
+    ------
+    typer.BadParameter
+        ``level`` is not one of :data:`LEVELS` (any case).
+    """
+    import sys
+
+    name = level.strip().upper()
+    if name not in LEVELS:
+        raise typer.BadParameter(
+            f"{level!r} is not one of {', '.join(LEVELS)}", param_hint="--log-level"
+        )
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(stderr=True), show_path=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler.setLevel(name)
+    handlers: list[logging.Handler] = [handler]
+    engine_level = name
+    if log_file is not None:
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(logging.Formatter(PLAIN_FORMAT))
+        handlers.append(to_file)
+        engine_level = "DEBUG" if name == "DEBUG" else "INFO"
+    debug = name == "DEBUG"
+    logging.basicConfig(level="DEBUG" if debug else "WARNING", handlers=handlers, force=True)
+    logging.getLogger("spt_stream").setLevel(engine_level)
+    for quiet in CONNECTION_LOGGERS:
+        logging.getLogger(quiet).setLevel(logging.NOTSET if debug else logging.CRITICAL)
 
 
 def print_summary(
@@ -94,7 +141,7 @@ def print_summary(
     latency = (
         f"[bold]latency[/bold] p50 {snap['latency_p50_ms']:.1f} ms, "
         f"p99 {snap['latency_p99_ms']:.1f} ms  "
-        if live
+        if live and snap["frames"]
         else ""
     )
     console.print(
@@ -109,7 +156,7 @@ def print_summary(
             f"    trace: {root / (run['run_uid'] + '.zarr')}",
             soft_wrap=True,  # a path must stay whole to be copied from a terminal
         )
-    dl = pipeline.engine.settings.dead_letter.path
+    dl = pipeline.engine.settings.dead_letter_path
     if ingest.get("rejected", 0) and dl is not None:
         console.print(f"  dead-letter records: {Path(dl).resolve()}", soft_wrap=True)
     for k, v in (extra or {}).items():

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from spt_stream.view.options import ViewHostOpt, ViewOpt, ViewPortOpt
+
 __all__ = ["register"]
 
 
@@ -25,7 +27,8 @@ def register(app: typer.Typer) -> None:
             float, typer.Option("--rate", min=0.1, max=200.0, help="Frames per second.")
         ] = 10.0,
         out: Annotated[
-            Path, typer.Option("--out", help="Directory for the trace, plot and logs.")
+            Path,
+            typer.Option("--out", help="Folder for the trace, plot, log and Bluesky documents."),
         ] = Path("spt-demo-output"),
         tiled: Annotated[
             bool, typer.Option("--tiled", help="Also start a local Tiled server and write there.")
@@ -34,22 +37,44 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--model", help="Checkpoint (default: packaged model).")
         ] = None,
         log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+        serve_view: ViewOpt = False,
+        view_host: ViewHostOpt = "127.0.0.1",
+        view_port: ViewPortOpt = 0,
     ) -> None:
         """Simulated operando experiment (Co K-edge, LiCoO2 delithiation) analysed live."""
+        import shlex
+        import sys
+
         from rich.console import Console
+        from rich.markup import escape
 
         from spt_stream.commands._engine_options import configure_logging
-        from spt_stream.demo.run import run_demo
+        from spt_stream.demo.run import prepare_out_dir, run_demo
         from spt_stream.errors import SptError
 
-        configure_logging(log_level)
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # error lines stay whole
+        try:
+            out_dir = prepare_out_dir(out)
+        except SptError as exc:
+            console.print(f"[red]demo failed:[/red] {escape(str(exc))}")
+            raise typer.Exit(1) from exc
+        log_file = out_dir / "demo.log"
+        configure_logging(log_level, log_file=log_file)
+        live_view = None
+        if serve_view:  # the live web view of the demo's traces, in its own process
+            from spt_stream.view.options import start_view
+
+            try:
+                live_view = start_view(out_dir / "traces", view_host, view_port, console=console)
+            except SptError as exc:
+                console.print(f"[red]demo failed:[/red] {escape(str(exc))}")
+                raise typer.Exit(1) from exc
         try:
             res = run_demo(
                 out, frames=frames, rate_hz=rate, tiled=tiled, model=model, console=console
             )
         except SptError as exc:
-            console.print(f"[red]demo failed:[/red] {exc}")
+            console.print(f"[red]demo failed:[/red] {escape(str(exc))}")
             raise typer.Exit(1) from exc
         out_console = Console(soft_wrap=True)  # paths stay whole when copied from a terminal
         out_console.print()
@@ -67,11 +92,24 @@ def register(app: typer.Typer) -> None:
         out_console.print(f"  trace (Zarr): {res.trace}")
         if res.plot is not None:
             out_console.print(f"  plot: {res.plot}")
-        out_console.print(f"  dead-letter records (if any): {res.dead_letter}")
+        out_console.print(f"  Bluesky documents (JSONL): {res.documents}")
+        out_console.print(f"  log ({log_level.upper()} and above): {log_file}")
+        if res.dead_letter.exists():
+            out_console.print(f"  dead-letter records: {res.dead_letter}")
         for k, v in res.extra.items():
             out_console.print(f"  {k}: {v}")
-        out_console.print("  open it with:")
+        out_console.print("  open the trace with:")
         out_console.print(
-            '    python -c "import xarray as xr; '
+            f'    {shlex.quote(sys.executable)} -c "import xarray as xr; '
             f"ds = xr.open_zarr('{res.trace}'); print(ds[['os', 'os_std', 'cell_potential']])\""
         )
+        out_console.print("  analyse the documents again with:")
+        spt = Path(sys.executable).with_name("spt-stream")
+        out_console.print(
+            f"    {shlex.quote(str(spt))} replay {shlex.quote(str(res.documents))} "
+            f"--zarr {shlex.quote(str(out_dir / 'replayed'))}"
+        )
+        if live_view is not None:
+            out_console.print(f"  live view: {live_view.url} (serving until Ctrl-C)")
+            live_view.wait()
+            live_view.stop()

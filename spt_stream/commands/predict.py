@@ -6,9 +6,12 @@ normalization settings), and all files go through the model in one batch.
 
 ``--format json`` prints a JSON array, one object per input: ``source``, ``element``, ``edge``,
 ``e0``, then for every descriptor ``<name>`` (class expectation for discrete ones), ``<name>_std``
-and, for discrete ones, ``<name>_probs`` (class label -> probability), and ``ood_score`` /
-``ood``. A file that cannot be read, has no element, or cannot be normalized is reported on
-stderr by name; the others are still predicted and the exit code is 1 at the end.
+and, for discrete ones, ``<name>_probs`` (class label -> probability), ``ood_score`` /
+``ood``, and the classical descriptors beside the network (spt_stream.classical): ``e_half``,
+``wl_energy``, ``wl_height``, ``pre_centroid``, ``pre_area`` (eV relative to the tabulated edge,
+edge steps) and the edge-position oxidation state ``os_edge`` / ``os_edge_std``. A file that
+cannot be read, has no element, or cannot be normalized is reported on stderr by name; the others
+are still predicted and the exit code is 1 at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["predict_files", "register"]
+__all__ = ["check_element", "predict_files", "register"]
 
 
 class OutputFormat(enum.StrEnum):
@@ -30,16 +33,28 @@ class OutputFormat(enum.StrEnum):
 def predict_files(
     paths: list[Path], element: str | None, model: Path | None, config: Path | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Read, normalize and predict; returns (records in input order, error messages)."""
+    """Read, normalize and predict; returns (records in input order, error messages).
+
+    ``element``: the absorbing element of files that do not state one (a file's own
+    ``Element.symbol`` wins). Raises :class:`~spt_stream.errors.ConfigError` for a symbol that
+    is not an element.
+    """
+    import dataclasses
+
     import numpy as np
 
+    from spt_stream.classical.edge_os import load_edge_calibration
+    from spt_stream.classical.features import edge_features
     from spt_stream.config import load_settings
     from spt_stream.errors import SptError
     from spt_stream.frames import Frame
     from spt_stream.normalize import NormParams, QualityFlag, describe_flags, normalize_frames
     from spt_stream.predictor import Predictor
     from spt_stream.readers import read_spectrum
+    from spt_stream.runtime import column_attrs
 
+    if element is not None:
+        element = check_element(element)
     settings = load_settings(config)
     predictor = Predictor.from_checkpoint(
         model if model is not None else settings.model, device=settings.device
@@ -49,10 +64,18 @@ def predict_files(
     frames: list[Frame] = []
     for i, path in enumerate(paths):
         try:
-            spec = read_spectrum(path, element=element)
+            spec = read_spectrum(path)
         except SptError as exc:
             errors.append(str(exc) if exc.source else f"{exc} [source={path}]")
             continue
+        if element is not None and (spec.element is None or spec.element_inferred):
+            # the file does not say (nothing, or only a guess from the edge position)
+            spec = dataclasses.replace(
+                spec,
+                element=element,
+                edge=spec.edge if not spec.element_inferred and spec.edge else "K",
+                element_inferred=False,
+            )
         if spec.element is None:
             errors.append(f"no absorbing element known; pass --element [source={path}]")
             continue
@@ -82,6 +105,11 @@ def predict_files(
     if not keep:
         return [], errors
     batch = predictor.predict(norm.norm[keep], [str(frames[i].element) for i in keep])
+    feats = edge_features(norm.norm[keep], norm.grid_rel)
+    os_edge, os_edge_std = load_edge_calibration().predict(
+        feats.e_half, [str(frames[i].element) for i in keep]
+    )
+    classical = {**feats.columns(), "os_edge": os_edge, "os_edge_std": os_edge_std}
     records = []
     for row, i in enumerate(keep):
         f = frames[i]
@@ -93,21 +121,53 @@ def predict_files(
                 "edge": f.edge,
                 "e0": e0 if np.isfinite(e0) else None,
                 **batch.record(row),
+                **{k: _finite(v[row]) for k, v in classical.items()},
             }
         )
+    attrs = column_attrs(predictor)
+    for rec in records:
+        rec["units"] = {k: a["units"] for k, a in attrs.items() if "units" in a and k in rec}
+        rec["descriptions"] = {
+            k: a["long_name"] for k, a in attrs.items() if f"{k}_std" in rec and "long_name" in a
+        }
     return records, errors
+
+
+def _finite(v: Any) -> float | None:
+    f = float(v)
+    return f if f == f and abs(f) != float("inf") else None
+
+
+def check_element(symbol: str) -> str:
+    """``symbol`` as a capitalised element symbol with a tabulated K edge; ConfigError if not."""
+    from spt_stream.errors import ConfigError, SptValueError
+    from spt_stream.grid import edge_energy
+
+    norm = symbol.strip().capitalize()
+    try:
+        edge_energy(norm, "K")
+    except SptValueError as exc:
+        raise ConfigError(f"--element {symbol!r} is not a chemical element symbol") from exc
+    return norm
 
 
 def _print_table(records: list[dict[str, Any]], names: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="spt-stream predict")
+    units: dict[str, str] = records[0].get("units", {}) if records else {}
+    meaning: dict[str, str] = records[0].get("descriptions", {}) if records else {}
+    caption = "\n".join(
+        f"{n}: {meaning[n]}" + (f" ({units[n]})" if n in units else "")
+        for n in names
+        if n in meaning
+    )
+    table = Table(title="spt-stream predict", caption=caption or None, caption_justify="left")
     table.add_column("source")
     table.add_column("element")
     table.add_column("e0 (eV)", justify="right")
     for n in names:
-        table.add_column(n, justify="right")
+        table.add_column(f"{n} ({units[n]})" if n in units else n, justify="right")
     table.add_column("ood", justify="right")
     for r in records:
         cells = [
@@ -120,13 +180,40 @@ def _print_table(records: list[dict[str, Any]], names: list[str]) -> None:
             cells.append("?" if v is None else f"{v:.3g} ± {s:.2g}")
         cells.append(f"{'YES' if r['ood'] else 'no'} ({r['ood_score']:.2g})")
         table.add_row(*cells)
-    Console().print(table)
+    Console(**_piped_width()).print(table)
+
+
+def _piped_width() -> dict[str, Any]:
+    """Console arguments: the terminal's width on a terminal; when piped, wide enough that no
+    cell is cut (rich would otherwise assume 80 columns and cut cells to ``sou…``)."""
+    import sys
+
+    return {} if sys.stdout.isatty() else {"width": 100_000}
+
+
+def descriptor_help() -> str:
+    """The descriptors of ``configs/descriptors.yaml`` with unit and meaning, one per line (the
+    ``--help`` epilog; read with plain YAML so that ``--help`` stays quick)."""
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "descriptors.yaml"
+    try:
+        specs = yaml.safe_load(path.read_text(encoding="utf-8"))["descriptors"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return ""
+    lines = ["Descriptors (the model serves a subset; the table and JSON name units):", ""]
+    for name, spec in specs.items():
+        if name.endswith("_cont"):
+            continue
+        units = spec.get("units") or (specs.get(f"{name}_cont") or {}).get("units")
+        lines.append(f"{name}{f' [{units}]' if units else ''}: {spec.get('description', '')}")
+    return "\n\n".join(line for line in lines if line)  # one paragraph each, wrapped by click
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``predict`` command to ``app``."""
 
-    @app.command("predict")
+    @app.command("predict", epilog=descriptor_help())
     def predict(
         files: Annotated[
             list[Path], typer.Argument(help="Spectrum files (XDI, SPEC #L, columns).")

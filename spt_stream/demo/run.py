@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoResult", "JsonLinesDocuments", "prepare_out_dir", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,52 @@ class DemoResult:
     trace: Path
     plot: Path | None
     dead_letter: Path
+    #: The run's Bluesky documents as JSON lines (``spt-stream replay`` reads them).
+    documents: Path
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    """Create the demo's output folder; :class:`SinkError` naming it when that is impossible
+    (a file in its place or on its path, no permission)."""
+    from spt_stream.errors import SinkError
+
+    path = Path(out_dir).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            why = "a file is in the way (the output must be a folder)"
+        raise SinkError(f"cannot create the output folder: {why}", source=str(out_dir)) from exc
+    return path
+
+
+class JsonLinesDocuments:
+    """A RunEngine callback appending every document to a JSON-lines file, one
+    ``{"name": ..., "doc": ...}`` per line (bluesky's JSONLinesWriter layout, arrays as lists)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("w", encoding="utf-8")
+
+    def __call__(self, name: str, doc: Any) -> None:
+        import json
+
+        from event_model import sanitize_doc
+
+        if not self._fh.closed:
+            self._fh.write(json.dumps({"name": name, "doc": sanitize_doc(doc)}) + "\n")
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> JsonLinesDocuments:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run_demo(
@@ -60,8 +105,8 @@ def run_demo(
     from spt_stream.runtime import build_pipeline
 
     console = console or Console(stderr=True)
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_out_dir(out_dir)
+    documents = out_dir / "documents.jsonl"
     with ExitStack() as stack:
         console.print("[bold]1/5[/bold] starting the local Kafka-protocol broker (Tansu)")
         broker = stack.enter_context(LocalBroker())
@@ -132,6 +177,8 @@ def run_demo(
         publisher = KafkaDocumentPublisher(broker.bootstrap, TOPIC)
         RE = RunEngine({}, call_returns_result=True)
         RE.subscribe(publisher)  # type: ignore[no-untyped-call]
+        saved = stack.enter_context(JsonLinesDocuments(documents))
+        RE.subscribe(saved)  # type: ignore[no-untyped-call]
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         progress = Progress(
@@ -152,6 +199,7 @@ def run_demo(
         uids = result.run_start_uids if hasattr(result, "run_start_uids") else result
         run_uid = str(uids[0])
         publisher.close()
+        saved.close()
 
         console.print("[bold]4/5[/bold] waiting for the engine to finish the run")
         deadline = time.monotonic() + 60.0
@@ -191,7 +239,8 @@ def run_demo(
             latency_p99_ms=float(snap["latency_p99_ms"]),
             trace=trace,
             plot=png,
-            dead_letter=Path(settings.dead_letter.path or out_dir / "dead-letter.jsonl"),
+            dead_letter=settings.dead_letter_path or out_dir / "dead-letter.jsonl",
+            documents=documents,
             extra={"tiled": tiled_url} if tiled_url else {},
         )
     raise AssertionError("unreachable")  # pragma: no cover

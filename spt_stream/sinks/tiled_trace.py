@@ -36,7 +36,6 @@ The tiled client itself retries connection-phase errors for up to ~45 s per requ
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -52,12 +51,9 @@ from spt_stream.errors import SinkError, SptValueError
 from spt_stream.sinks.arrow_rows import TableLayout, merge_ranges, seq_ranges
 from spt_stream.sinks.rows import TraceRows
 
-__all__ = ["API_KEY_ENV", "TiledTraceWriter"]
+__all__ = ["TiledTraceWriter"]
 
 log = logging.getLogger(__name__)
-
-#: Environment variable read for the API key when none is given.
-API_KEY_ENV = "SPT_TILED_API_KEY"
 
 _TRANSIENT, _AMBIGUOUS, _PERMANENT = "transient", "ambiguous", "permanent"
 
@@ -172,7 +168,9 @@ class TiledTraceWriter:
     url:
         Tiled server URL, e.g. ``http://tiled.example:8000`` (``/api/v1`` is added by the client).
     api_key:
-        Tiled API key; ``None`` reads ``$SPT_TILED_API_KEY`` (unset: anonymous). Never logged.
+        Tiled API key; ``None``: anonymous. Never logged. (The engine passes
+        ``settings.tiled.api_key``, which :func:`~spt_stream.config.load_settings` fills from
+        ``$SPT_TILED_API_KEY``: the one place the key is read.)
     parent:
         Container path (``"a/b"``) under which run containers are created; ``None``: the root.
     table_key:
@@ -215,8 +213,6 @@ class TiledTraceWriter:
             raise SptValueError(f"on_full must be 'block' or 'drop', got {on_full!r}")
         if block_timeout < 0 or retry_initial <= 0 or retry_max < retry_initial:
             raise SptValueError("need block_timeout >= 0 and 0 < retry_initial <= retry_max")
-        if api_key is None and os.environ.get(API_KEY_ENV):
-            api_key = SecretStr(os.environ[API_KEY_ENV])
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         self.url = url
         self.parent = [p for p in (parent or "").split("/") if p]

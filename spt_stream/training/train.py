@@ -70,6 +70,16 @@ class AugmentSettings(BaseModel):
     noise_max: float = Field(0.02, ge=0.0)
     shift_max_ev: float = Field(0.5, ge=0.0)
     scale_jitter: float = Field(0.02, ge=0.0, lt=1.0)
+    #: Chemical-shift augmentation (sigma, eV): a rigid edge shift delta ~ N(0, sigma) of a
+    #: compound's spectrum (os >= 1) WITH its oxidation-state labels (``os``, ``os_cont``)
+    #: moved by delta / ``state_slope_ev`` -- what a small change of state does to an otherwise
+    #: unchanged spectrum. Without it the network treats edge position as nuisance (the
+    #: simulator's calibration and chemical-shift spreads move edges at fixed state) and reads a
+    #: pure edge shift at ~0.4 of the physical slope.
+    state_shift_ev: float = Field(0.0, ge=0.0)
+    #: eV per oxidation-state unit for that augmentation; None: the measured slope of the
+    #: packaged edge calibration (spt_stream.classical.edge_os).
+    state_slope_ev: float | None = Field(None, gt=0.0)
 
 
 class ToyDataSettings(BaseModel):
@@ -308,6 +318,7 @@ def fit(
     )
     best_val, best_state, best_epoch, bad_epochs = float("inf"), None, -1, 0
     history: list[dict[str, float]] = []
+    state_shift = _state_shift_fn(model, schema, cfg.augment)
     bar = _progress(progress)
     task = bar.add_task("training", total=total_steps) if bar else None
     t0 = time.perf_counter()
@@ -321,6 +332,8 @@ def fit(
             for s in range(steps_per_epoch):
                 b = train_set.take(perm[s * cfg.batch_size : (s + 1) * cfg.batch_size])
                 x = augment(b.x, cfg.augment, gen)
+                if state_shift is not None:
+                    x, b = state_shift(x, b, gen)
                 loss, _ = joint_loss(net(x, b.element), b, schema)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -366,6 +379,63 @@ def fit(
         "best_val_loss": best_val,
         "train_seconds": time.perf_counter() - t0,
     }
+
+
+def _shift_rows(x: Tensor, shift_points: Tensor) -> Tensor:
+    """Rows of ``x`` moved by ``shift_points`` grid points (linear interpolation, edges held)."""
+    g = x.shape[1]
+    pos = (torch.arange(g, device=x.device, dtype=x.dtype)[None, :] - shift_points).clamp(0, g - 1)
+    i0 = pos.floor().long().clamp(max=g - 2)
+    w = pos - i0
+    return torch.gather(x, 1, i0) * (1 - w) + torch.gather(x, 1, i0 + 1) * w
+
+
+def _two_hot(values: Tensor, classes: Tensor) -> Tensor:
+    """(B, C) distributions putting a label between two adjacent classes on both (by distance)."""
+    v = values.clamp(float(classes[0]), float(classes[-1]))
+    hi = torch.searchsorted(classes, v.contiguous()).clamp(1, len(classes) - 1)
+    lo = hi - 1
+    w = ((v - classes[lo]) / (classes[hi] - classes[lo])).clamp(0.0, 1.0)
+    out = torch.zeros(len(v), len(classes), dtype=torch.float32, device=v.device)
+    out.scatter_(1, lo[:, None], (1 - w)[:, None].float())
+    out.scatter_add_(1, hi[:, None], w[:, None].float())
+    return out
+
+
+def _state_shift_fn(
+    model: SPTInference, schema: DescriptorSchema, aug: AugmentSettings
+) -> Callable[[Tensor, EncodedSet, torch.Generator | None], tuple[Tensor, EncodedSet]] | None:
+    """The chemical-shift augmentation of :class:`AugmentSettings` (None when off)."""
+    if aug.state_shift_ev <= 0 or "os_cont" not in schema.names:
+        return None
+    slope = aug.state_slope_ev
+    if slope is None:
+        from spt_stream.classical.edge_os import load_edge_calibration
+
+        slope = load_edge_calibration().slope
+    i_c = [d.name for d in schema.continuous].index("os_cont")
+    loc, scale = float(model.target_loc[i_c]), float(model.target_scale[i_c])
+    classes = (
+        torch.tensor(schema.get("os").classes, dtype=torch.float32)
+        if "os" in schema.names and schema.get("os").kind == "discrete"
+        else None
+    )
+    sigma = aug.state_shift_ev
+
+    def apply(x: Tensor, b: EncodedSet, gen: torch.Generator | None) -> tuple[Tensor, EncodedSet]:
+        y = b.reg["os_cont"] * scale + loc  # physical units
+        compound = torch.isfinite(y) & (y >= 1.0)
+        delta = torch.randn(len(y), generator=gen, device=x.device) * sigma * compound
+        x = _shift_rows(x, (delta / GRID_STEP_EV)[:, None].to(x.dtype))
+        new_y = (y + delta / slope).clamp(min=0.0)
+        reg = {**b.reg, "os_cont": torch.where(compound, (new_y - loc) / scale, b.reg["os_cont"])}
+        soft = dict(b.soft)
+        if classes is not None and "os" in soft:
+            moved = _two_hot(new_y.clamp(max=float(classes[-1])), classes.to(x.device))
+            soft["os"] = torch.where(compound[:, None], moved, soft["os"])
+        return x, EncodedSet(b.x, b.element, b.cls, reg, soft)
+
+    return apply
 
 
 def _progress(enabled: bool) -> Any:
