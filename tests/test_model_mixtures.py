@@ -140,3 +140,96 @@ def test_training_on_soft_labels_tracks_fractional_oxidation_state(tmp_path: Pat
     assert np.isfinite(res.metrics["temperatures"]["os"])
     assert np.isfinite(res.metrics["ood"]["threshold"])
     assert load_descriptor_schema().get("os").classes == tuple(float(c) for c in OS_CLASSES)
+
+
+# -- the continuous oxidation state (issue 16) --------------------------------------------------
+
+
+def test_regression_head_is_served_as_os_with_the_classifier_as_probs(tmp_path: Path) -> None:
+    """A model with ``os`` (classes) and ``os_cont`` (regression) heads serves ``os`` from the
+    regression (continuous, its own std), keeps ``os_probs`` from the classifier, does not serve
+    ``os_cont`` on its own, follows fractional labels, and adds the checkpoint's per-element
+    sim-to-real std in quadrature (``*`` for elements without references)."""
+    import dataclasses
+
+    from spt_stream.checkpoint import load_checkpoint, save_checkpoint
+    from spt_stream.predictor import Predictor
+
+    save_dataset(_toy_mixtures(320, 0), tmp_path / "tr")
+    save_dataset(_toy_mixtures(160, 1), tmp_path / "te")
+    threads = torch.get_num_threads()
+    cfg = TrainConfig(
+        dataset=tmp_path / "tr", val_dataset=tmp_path / "te", test_dataset=tmp_path / "te",
+        descriptors=("os", "os_cont", "cn"), model=TINY, epochs=15, batch_size=32, lr=5e-3,
+        patience=15, num_threads=1, noise_levels=(0.0,), output=tmp_path / "m.safetensors",
+    )  # fmt: skip
+    try:
+        res = train(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    test = _toy_mixtures(160, 1)
+    pred = Predictor.from_checkpoint(res.checkpoint).predict(test.spectra, ["Co"] * len(test))
+    assert "os_cont" not in pred.descriptor_names
+    assert "os_probs" in pred.record(0)
+    labels = test.labels["os"]
+    reg = res.model(torch.from_numpy(test.spectra), torch.full((len(test),), 7))[0]
+    i_cont = [h.name for h in res.model.cfg.heads].index("os_cont")
+    np.testing.assert_allclose(pred.values["os"], reg[:, i_cont].detach().numpy(), atol=1e-5)
+    assert np.corrcoef(pred.values["os"], labels)[0, 1] > 0.9
+    frac = np.abs(labels - np.round(labels)) > 0.2
+    assert np.mean(np.abs(pred.values["os"][frac] - labels[frac])) < 0.3
+    # the sim-to-real term: per element, "*" for the rest, in quadrature
+    model, meta = load_checkpoint(res.checkpoint, "cpu")
+    extra = {**dict(meta.extra), "real_std": {"os": {"Co": 0.3, "*": 0.6}}}
+    save_checkpoint(model, dataclasses.replace(meta, extra=extra), tmp_path / "cal.safetensors")
+    served = Predictor.from_checkpoint(tmp_path / "cal.safetensors")
+    x = test.spectra[:2]
+    both = served.predict(x, ["Co", "Ni"])
+    np.testing.assert_allclose(both.std["os"][0], np.hypot(pred.std["os"][0], 0.3), rtol=1e-5)
+    np.testing.assert_allclose(both.std["os"][1] ** 2, pred.std["os"][1] ** 2 + 0.36, rtol=2e-3)
+    np.testing.assert_allclose(both.values["os"][0], pred.values["os"][0], atol=1e-6)
+
+
+def test_chemical_shift_augmentation_moves_spectrum_and_state_together() -> None:
+    """A compound's spectrum shifted by delta eV carries its os labels moved by delta/slope;
+    metals (os < 1) and unlabelled rows are left alone; the class target stays two-hot."""
+    from spt_stream.classical.features import edge_features
+    from spt_stream.descriptors import load_descriptor_schema
+    from spt_stream.models import SPTConfig, SPTInference
+    from spt_stream.training.train import (
+        AugmentSettings,
+        EncodedSet,
+        _state_shift_fn,
+        _two_hot,
+        heads_from_schema,
+    )
+
+    classes = torch.tensor(OS_CLASSES, dtype=torch.float32)
+    th = _two_hot(torch.tensor([2.0, 2.25, 6.9]), classes)
+    assert th[0, 2] == 1.0
+    assert th[1, 2] == pytest.approx(0.75)
+    assert th[1, 3] == pytest.approx(0.25)
+    assert th[2, 6] == pytest.approx(0.1, abs=1e-6)
+    assert th[2, 7] == pytest.approx(0.9, abs=1e-6)
+    schema = load_descriptor_schema().subset(["os", "os_cont"])
+    model = SPTInference(SPTConfig(heads=heads_from_schema(schema), **TINY))
+    model.target_loc[0], model.target_scale[0] = 2.5, 1.0
+    fn = _state_shift_fn(model, schema, AugmentSettings(state_shift_ev=1.5, state_slope_ev=4.0))
+    assert fn is not None
+    y = torch.tensor([3.0, 0.0, float("nan")])
+    x = toy_spectra(np.array([3.0, 0.0, 3.0]), np.full(3, 6.0), np.full(3, 1.95),
+                    np.zeros(3), np.zeros(3))  # fmt: skip
+    xt = torch.tensor(x, dtype=torch.float32)
+    soft = {"os": _two_hot(torch.nan_to_num(y), classes)}
+    batch = EncodedSet(xt, torch.zeros(3, dtype=torch.long), {}, {"os_cont": y - 2.5}, soft)
+    x2, b2 = fn(xt, batch, torch.Generator().manual_seed(3))
+    moved = b2.reg["os_cont"][0] + 2.5 - 3.0  # in OS units
+    e0, e1 = edge_features(x[:1]).e_half[0], edge_features(x2[:1].numpy()).e_half[0]
+    assert abs(float(moved)) > 0.01
+    assert (e1 - e0) / 4.0 == pytest.approx(float(moved), abs=0.03)
+    assert torch.equal(x2[1], xt[1])  # the metal row: unchanged
+    assert torch.equal(b2.reg["os_cont"][1], batch.reg["os_cont"][1])
+    assert torch.isnan(b2.reg["os_cont"][2])
+    assert b2.soft["os"][0].sum() == pytest.approx(1.0)
+    expect = float((b2.soft["os"][0] * classes).sum())
+    assert expect == pytest.approx(3.0 + float(moved), abs=1e-5)
