@@ -201,6 +201,9 @@ class DeadLetterSettings(_Frozen):
 
 
 class TrackingSettings(_Frozen):
+    #: The classical stage beside the network (edge features, os_edge, os_delta): on by default;
+    #: off only to measure what it costs (docs/BENCHMARKS.md).
+    classical: bool = True
     #: Run-relative tracking (``os_delta``): the first this many frames of a run (with an edge
     #: found) are its reference; see spt_stream.classical.tracking.
     reference_frames: int = Field(5, ge=1, le=10_000)

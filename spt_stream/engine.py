@@ -554,7 +554,7 @@ class Engine:
             self.metrics.rejected.labels(reason="run_not_writable").inc()
             return
         if progress is not None and frame.seq_num in progress.skip:
-            if self.classical.needs_reference(frame.run_uid):
+            if self.settings.tracking.classical and self.classical.needs_reference(frame.run_uid):
                 # written before a restart: its edge still belongs to the run's reference
                 self._observe_reference(frame)
             progress.duplicates += 1
@@ -647,12 +647,16 @@ class Engine:
     def _predict_and_write(self, item: tuple[list[Frame], NormalizedBatch, float]) -> None:
         frames, normed, t0 = item
         columns, arrays = self.predictor.predict_columns(normed.norm, [f.element for f in frames])
-        classical = self.classical.columns(
-            [f.run_uid for f in frames],
-            [f.seq_num for f in frames],
-            [f.element for f in frames],
-            normed.norm,
-            normed.grid_rel,
+        classical = (
+            self.classical.columns(
+                [f.run_uid for f in frames],
+                [f.seq_num for f in frames],
+                [f.element for f in frames],
+                normed.norm,
+                normed.grid_rel,
+            )
+            if self.settings.tracking.classical
+            else {}
         )
         columns = {
             **columns,

@@ -31,16 +31,20 @@ def train_without(
     from spt_stream.training.train import load_train_config, train
 
     out.mkdir(parents=True, exist_ok=True)
-    targets = [t for t in make_targets() if t.ref.element != element]
-    start = load_params(CONFIG_DIR / "simulate" / "calibrated.yaml")
-    params, summary = fit_params(targets, start, max_nfev=nfev)
     physics = out / f"calibrated-no-{element}.yaml"
-    save_params(params, physics, {"left_out": element, "files": summary["files"]})
+    if physics.is_file():  # a previous run's calibration (delete the folder to redo it)
+        params = load_params(physics)
+    else:
+        targets = [t for t in make_targets() if t.ref.element != element]
+        start = load_params(CONFIG_DIR / "simulate" / "calibrated.yaml")
+        params, summary = fit_params(targets, start, max_nfev=nfev)
+        save_params(params, physics, {"left_out": element, "files": summary["files"]})
     recipe = load_recipe(CONFIG_DIR / "simulate" / "default.yaml")
     elements = {e: w for e, w in recipe.elements.items() if e != element}
     recipe = dataclasses.replace(recipe, elements=elements, physics=str(physics.resolve()))
     data = out / f"sim-no-{element}"
-    generate_dataset(recipe, n, seed, workers=workers, out=data, params=params)
+    if not (data / "meta.json").is_file():
+        generate_dataset(recipe, n, seed, workers=workers, out=data, params=params)
     cfg = load_train_config(CONFIG_DIR / "train" / "default.yaml")
     cfg = cfg.model_copy(
         update={
