@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,17 @@ def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
         raise RuntimeError(f"reference spectra not found at {REFERENCE_DIR}")
     return REFERENCE_DIR
+
+
+@pytest.fixture
+def own_dir_and_logging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """CLI tests: each test in its own working directory (stray files show), root logging and
+    the loggers the commands retune restored afterwards (commands reconfigure logging)."""
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name in ("spt_stream", "kafka.net", "kafka.conn", "kafka.client_async"):
+        logging.getLogger(name).setLevel(logging.NOTSET)

@@ -9,12 +9,10 @@ subreaper, so a broker it failed to stop would be caught.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +57,7 @@ def _descriptor_columns() -> set[str]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _keep_logging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Commands reconfigure root logging and write a dead-letter file in the working directory:
-    run each test in its own directory and restore the root logger afterwards."""
-    monkeypatch.chdir(tmp_path)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("own_dir_and_logging")
 
 
 def invoke(*args: str) -> Result:
