@@ -47,3 +47,52 @@ def test_reads_real_references_within_uncertainty(
     (rec,) = records
     assert abs(rec["os"] - nominal) <= max(2 * rec["os_std"], 0.25)
     assert rec["ood"] is False
+
+
+def test_scores_on_every_measured_reference_beside_the_edge_baseline(reference_dir: Path) -> None:
+    """The shipped model on all the measured references (regression guard at the levels measured
+    for docs/MODEL.md; the issue's targets are reported there as met or missed): exact class
+    >= 90 % (measured 95 %), MAE < 0.25 (0.206), nominal within 2 std >= 90 % (98 %), at most one
+    confident error (1: Zn foil), and on compounds the network at or below os_edge's MAE."""
+    from spt_stream.training.real_eval import _scores_of, evaluate_references
+
+    rows = evaluate_references(reference_dir)
+    spt = _scores_of(rows, "os")
+    assert spt.n >= 40
+    assert spt.exact >= 0.90, spt
+    assert spt.mae < 0.25, spt
+    assert spt.within_2std >= 0.90, spt
+    assert spt.confident_errors <= 1, spt
+    compounds = [r for r in rows if (r["nominal"] or 0) > 0]
+    assert _scores_of(compounds, "os").mae <= _scores_of(compounds, "os_edge").mae
+    sulfides = [r for r in rows if r["sample"] in ("FeS2", "ZnS")]
+    assert len(sulfides) == 3
+    assert all(abs(r["os"] - 2.0) < 1.0 for r in sulfides)  # read as metals (~0) before
+
+
+def test_real_data_mixtures_track_the_fraction(reference_dir: Path) -> None:
+    """Normalized two-reference mixtures (a two-phase sample): the predicted state rises with
+    the fraction (Pearson >= 0.94 per pair; measured 0.953-0.991)."""
+    from spt_stream.training.real_eval import mixture_fit, mixture_series
+
+    fits = mixture_fit(mixture_series(reference_dir, None), "os")
+    assert len(fits) == 6
+    for pair, (r, slope) in fits.items():
+        assert r >= 0.94, (pair, r)
+        assert slope > 0.5, (pair, slope)
+
+
+def test_a_pure_edge_shift_moves_os_near_the_physical_slope(reference_dir: Path) -> None:
+    """Measured compound references shifted rigidly on the model grid: d(os)/dE x (eV per unit)
+    has a median >= 0.45 per element (measured Fe 0.68, Mn 0.74, Zn 0.51; the previous model
+    0.44, 0.36, 0.00: it read edge position as nuisance). os_edge's response is 1 by design."""
+    import numpy as np
+
+    from spt_stream.training.fidelity import sensitivity
+
+    rows = sensitivity(None, reference_dir)
+    for el in ("Fe", "Mn", "Zn"):
+        spt = np.median([r["spt"] for r in rows if r["element"] == el])
+        assert spt >= 0.45, (el, spt)
+        edge = np.median([r["os_edge"] for r in rows if r["element"] == el])
+        assert abs(edge - 1.0) < 0.05, (el, edge)
