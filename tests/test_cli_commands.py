@@ -40,11 +40,13 @@ MN_TIME_ORDER = ["MnO_rt_01.xdi", "MnO2_rt_01.xdi", "Mn2O3_rt_01.xdi", "Mn3O4_rt
 
 
 def _descriptors() -> list[dict[str, Any]]:
-    """The packaged model's descriptor specs (name, kind, classes), read from its metadata."""
+    """The packaged model's SERVED descriptor specs (name, kind, classes), from its metadata: a
+    regression head ``<name>_cont`` beside a classifier ``<name>`` is served as ``<name>``."""
     specs: list[dict[str, Any]] = read_metadata(default_checkpoint_path())["descriptors"][
         "descriptors"
     ]
-    return specs
+    names = {d["name"] for d in specs}
+    return [d for d in specs if not (d["name"].endswith("_cont") and d["name"][:-5] in names)]
 
 
 def _descriptor_columns() -> set[str]:
