@@ -404,7 +404,7 @@ def test_predict_names_units_and_meanings(reference_dir: Path) -> None:
     res = invoke("predict", f)
     assert res.exit_code == 0, res.output
     assert "nnrs (angstrom)" in res.stdout
-    assert "cn2: second-shell coordination number" in res.stdout
+    assert "ocn: number of oxygen atoms among the first neighbours" in res.stdout
     res = invoke("predict", "--help")
     assert "nnrs [angstrom]: standard deviation of absorber-neighbour bond lengths" in res.stdout
 
