@@ -471,12 +471,14 @@ class TrainResult:
 DERIVED_LABELS: dict[str, str] = {"os_cont": "os"}
 
 
-def with_derived_labels(ds: SpectraDataset) -> SpectraDataset:
-    """``ds`` with the :data:`DERIVED_LABELS` it lacks added (copies of their source label)."""
+def with_derived_labels(ds: SpectraDataset, wanted: tuple[str, ...] = ()) -> SpectraDataset:
+    """``ds`` with the :data:`DERIVED_LABELS` named in ``wanted`` that it lacks added (copies of
+    their source label). Only asked-for heads are derived: a config that does not list
+    ``os_cont`` trains the heads its data set labels, as before."""
     extra = {
         name: np.array(ds.labels[src], copy=True)
         for name, src in DERIVED_LABELS.items()
-        if name not in ds.labels and src in ds.labels
+        if name in wanted and name not in ds.labels and src in ds.labels
     }
     if not extra:
         return ds
@@ -485,7 +487,12 @@ def with_derived_labels(ds: SpectraDataset) -> SpectraDataset:
 
 def _load_splits(cfg: TrainConfig) -> tuple[SpectraDataset, SpectraDataset, SpectraDataset]:
     tr, va, te = _load_raw_splits(cfg)
-    return with_derived_labels(tr), with_derived_labels(va), with_derived_labels(te)
+    wanted = tuple(cfg.descriptors or ())
+    return (
+        with_derived_labels(tr, wanted),
+        with_derived_labels(va, wanted),
+        with_derived_labels(te, wanted),
+    )
 
 
 def _load_raw_splits(
