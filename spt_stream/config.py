@@ -207,6 +207,10 @@ class TrackingSettings(_Frozen):
     #: Run-relative tracking (``os_delta``): the first this many frames of a run (with an edge
     #: found) are its reference; see spt_stream.classical.tracking.
     reference_frames: int = Field(5, ge=1, le=10_000)
+    #: A stored run (its uid, under the Zarr root) whose first ``reference_frames`` edges are the
+    #: reference of every later run of its element (e.g. the pristine material before cycling);
+    #: None: each run is its own reference.
+    reference_run: str | None = None
 
 
 class EngineSettings(BaseSettings):

@@ -48,7 +48,7 @@ import numpy as np
 from spt_stream._memory import trim_heap
 from spt_stream._version import __version__
 from spt_stream.batching import MicroBatcher
-from spt_stream.classical.tracking import ClassicalStage
+from spt_stream.classical.tracking import ClassicalStage, load_reference_run
 from spt_stream.config import EngineSettings
 from spt_stream.deadletter import DeadLetterSink
 from spt_stream.errors import SptError
@@ -316,7 +316,17 @@ class Engine:
         self._clock = clock
         self._params = NormParams.from_settings(settings.normalization)
         #: Classical descriptors and run-relative tracking beside the network (per-run state).
-        self.classical = ClassicalStage(settings.tracking.reference_frames)
+        tracking = settings.tracking
+        self.classical = ClassicalStage(
+            tracking.reference_frames,
+            named=(
+                load_reference_run(
+                    settings.zarr.root, tracking.reference_run, tracking.reference_frames
+                )
+                if tracking.reference_run and tracking.classical
+                else None
+            ),
+        )
         self._batcher: MicroBatcher[Frame] = MicroBatcher(settings.batch, clock=clock)
         self._offsets = OffsetTracker()
         self._worker = (
@@ -511,6 +521,11 @@ class Engine:
     # -- callbacks from ingest -----------------------------------------------------------------
     def _on_run_start(self, info: RunInfo) -> None:
         model = dict(self.predictor.info)
+        reference = (
+            self.classical.start_run(info.run_uid, info.element)
+            if self.settings.tracking.classical
+            else None
+        )
         attrs = {
             "element": info.element,
             "edge": info.edge,
@@ -523,6 +538,7 @@ class Engine:
             "model": model,
             "config": self._config_snapshot,
             "engine_version": __version__,
+            "os_delta_reference": reference,
         }
         progress = RunProgress(info=info)
         self.runs[info.run_uid] = progress

@@ -145,3 +145,20 @@ def test_runs_have_their_own_references() -> None:
     stage.close_run("a")
     assert stage.needs_reference("a")
     assert not stage.needs_reference("b")
+
+
+def test_named_reference_run_serves_its_element_only() -> None:
+    """A named reference (stored run's edges) is the reference of later runs of its element from
+    their first frame; a run of another element keeps its own first frames."""
+    from spt_stream.classical.tracking import NamedReference
+
+    e_ref = edge_features(_series([8.0, 8.1, 7.9])).e_half
+    named = NamedReference("pristine", "Fe", tuple(float(e) for e in e_ref))
+    stage = ClassicalStage(reference_frames=3, named=named)
+    assert stage.start_run("charge", "Fe") == "pristine"
+    assert stage.start_run("other", "Mn") == "first 3 frames"
+    assert not stage.needs_reference("charge")
+    assert stage.needs_reference("other")
+    s = stage.calibration.slope
+    cols = stage.columns(["charge", "other"], [1, 1], ["Fe", "Mn"], _series([9.0, 9.0]), G)
+    np.testing.assert_allclose(cols["os_delta"], [1.0 / s, 0.0], atol=0.005)

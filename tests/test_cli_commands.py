@@ -137,6 +137,44 @@ class TestReplay:
         seconds = ds["time"].values.astype("datetime64[ns]").astype(np.int64) * 1e-9
         assert seconds.tolist() == pytest.approx([stamps[f] for f in MN_TIME_ORDER], abs=1e-3)
 
+    def test_os_delta_against_a_named_reference_run(
+        self, reference_dir: Path, tmp_path: Path
+    ) -> None:
+        """``--reference-run UID``: a later run's os_delta is its edge shift from the STORED run's
+        reference frames over the calibrated slope (here MnO, then MnO2 against it: about +2);
+        a reference run that is not stored is refused with exit 2, naming it."""
+        from spt_stream.classical.edge_os import load_edge_calibration
+
+        root = tmp_path / "traces"
+        res = invoke("replay", str(reference_dir / "MnO_rt_01.xdi"), "--zarr", str(root))
+        assert res.exit_code == 0, res.output
+        (first,) = root.glob("*.zarr")
+        ref_uid = first.name.removesuffix(".zarr")
+        ref = open_trace(first).load()
+        res = invoke(
+            "replay", str(reference_dir / "MnO2_rt_01.xdi"), "--zarr", str(root),
+            "--reference-run", ref_uid,
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        (second,) = set(root.glob("*.zarr")) - {first}
+        ds = open_trace(second).load()
+        assert ds.attrs["os_delta_reference"] == ref_uid
+        slope = load_edge_calibration().slope
+        expected = (ds["e_half"].values - ref["e_half"].values[0]) / slope
+        np.testing.assert_allclose(ds["os_delta"].values, expected, rtol=1e-9)
+        assert 1.0 < float(ds["os_delta"].values[0]) < 3.0  # MnO -> MnO2: +2 nominal
+        # without it, the run is its own reference: 0 at its first frame
+        assert ref.attrs["os_delta_reference"] == "first 5 frames"
+        assert float(ref["os_delta"].values[0]) == 0.0
+
+        res = invoke(
+            "replay", str(reference_dir / "MnO2_rt_01.xdi"), "--zarr", str(root),
+            "--reference-run", "no-such-run",
+        )  # fmt: skip
+        assert res.exit_code == 2
+        assert "tracking.reference_run 'no-such-run'" in res.output
+        assert "Traceback" not in res.output
+
     def test_kafka_topic_from_offset(
         self, kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
     ) -> None:

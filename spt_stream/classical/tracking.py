@@ -10,7 +10,12 @@ change of the edge-position oxidation state since the run's reference frames::
 with ``slope`` the fitted eV per oxidation-state unit of :mod:`spt_stream.classical.edge_os`.
 Reference frames: the first ``reference_frames`` frames of the run with a finite ``e_half``, in
 the order the engine analyses them (event order); until they are all in, the reference is the
-mean of those seen so far (so the first frame reads exactly 0). Uncertainty (1 sigma)::
+mean of those seen so far (so the first frame reads exactly 0). Or a NAMED reference run
+(``tracking.reference_run``): the first ``reference_frames`` edges of that run's stored trace
+(:func:`load_reference_run`), for every later run of the same element -- e.g. the pristine
+electrode measured before the cell was assembled, so a series of runs reads on one scale. Runs of
+another element keep their own first frames. Only meaningful when the energy calibration is
+shared with the reference run (same beamline set-up, same reference foil). Uncertainty (1 sigma)::
 
     os_delta_std = sqrt(s_e^2 (1 + 1/n_ref) / slope^2 + (os_delta * slope_std / slope)^2)
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +45,9 @@ __all__ = [
     "CLASSICAL_UNITS",
     "MIN_FRAME_SCATTER_EV",
     "ClassicalStage",
+    "NamedReference",
     "RunReference",
+    "load_reference_run",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -93,18 +101,90 @@ class RunReference:
         return stats
 
 
+@dataclass(frozen=True)
+class NamedReference:
+    """A stored run's reference edges, shared by later runs of its element."""
+
+    run_uid: str
+    element: str
+    #: Half-height energies (eV, rel. E_tab) of its first reference frames.
+    e_half: tuple[float, ...]
+
+    def as_run_reference(self) -> RunReference:
+        ref = RunReference(len(self.e_half), list(self.e_half), set(range(len(self.e_half))))
+        ref.mean_and_scatter()  # complete: computed once, cached
+        return ref
+
+
+def load_reference_run(root: str | Path, run_uid: str, frames: int) -> NamedReference:
+    """The first ``frames`` finite ``e_half`` values of the trace of ``run_uid`` under the Zarr
+    trace root ``root`` (committed rows only), and its element.
+
+    Raises
+    ------
+    ConfigError
+        No such trace, no ``e_half`` column (written with the classical stage off), no element, or
+        no frame with an edge.
+    """
+    import zarr
+
+    from spt_stream.errors import ConfigError, SptError
+    from spt_stream.sinks.zarr_trace import trace_path
+
+    where = f"tracking.reference_run {run_uid!r}"
+    try:
+        path = trace_path(Path(root), run_uid)
+    except SptError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    try:
+        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+    except Exception as exc:
+        raise ConfigError(f"{where}: no readable trace at {path} ({exc})") from exc
+    element = group.attrs.get("element")
+    if not isinstance(element, str) or not element:
+        raise ConfigError(f"{where}: the trace at {path} does not name its element")
+    if "e_half" not in group:
+        raise ConfigError(
+            f"{where}: the trace at {path} has no e_half column (written with "
+            "tracking.classical off?)"
+        )
+    rows = group.attrs.get("n_rows", 0)
+    n = int(rows) if isinstance(rows, int | float) else 0
+    e_half = np.asarray(group["e_half"][:n], dtype=np.float64)  # type: ignore[index]
+    finite = e_half[np.isfinite(e_half)][:frames]
+    if len(finite) == 0:
+        raise ConfigError(f"{where}: no frame of the trace at {path} has an edge (e_half)")
+    return NamedReference(run_uid, element, tuple(float(v) for v in finite))
+
+
 class ClassicalStage:
     """Per batch: edge features, ``os_edge`` and ``os_delta`` columns (thread-safe per call)."""
 
     def __init__(
-        self, reference_frames: int = 5, calibration: EdgeCalibration | None = None
+        self,
+        reference_frames: int = 5,
+        calibration: EdgeCalibration | None = None,
+        named: NamedReference | None = None,
     ) -> None:
         if reference_frames < 1:
             raise ValueError("reference_frames must be at least 1")
         self.reference_frames = int(reference_frames)
         self.calibration = calibration or load_edge_calibration()
+        #: The named reference run (None: every run is its own reference).
+        self.named = named
         self._runs: dict[str, RunReference] = {}
         self._lock = threading.Lock()
+
+    def start_run(self, run_uid: str, element: str | None) -> str:
+        """Choose ``run_uid``'s reference when it starts: the named reference run's edges when
+        it is of ``element``, else the run's own first frames. Returns which (for the trace's
+        attributes): the named run's uid or ``"first N frames"``."""
+        named = self.named
+        with self._lock:
+            if named is not None and element == named.element and run_uid != named.run_uid:
+                self._runs[run_uid] = named.as_run_reference()
+                return named.run_uid
+        return f"first {self.reference_frames} frames"
 
     def _ref(self, run_uid: str) -> RunReference:
         ref = self._runs.get(run_uid)

@@ -18,6 +18,7 @@ __all__ = [
     "FeedbackTopicOpt",
     "LogLevelOpt",
     "ModelOpt",
+    "ReferenceRunOpt",
     "TiledUrlOpt",
     "ZarrOpt",
     "configure_logging",
@@ -40,6 +41,14 @@ FeedbackTopicOpt = Annotated[
 ModelOpt = Annotated[
     Path | None, typer.Option("--model", help="Checkpoint (default: the packaged model).")
 ]
+ReferenceRunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reference-run",
+        help="os_delta against this stored run (uid under --zarr) for runs of its element; "
+        "default: each run's own first frames.",
+    ),
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Engine YAML config.")]
 LogLevelOpt = Annotated[
     str, typer.Option(help="DEBUG (also the libraries' records), INFO, WARNING or ERROR.")
@@ -58,6 +67,7 @@ def settings_overrides(
     group_id: str | None = None,
     device: str | None = None,
     dead_letter: Path | None = None,
+    reference_run: str | None = None,
 ) -> dict[str, Any]:
     """Nested settings overrides from command-line options (None = not given)."""
     return {
@@ -72,6 +82,7 @@ def settings_overrides(
             "group_id": group_id,
         },
         "dead_letter": {"path": dead_letter},
+        "tracking": {"reference_run": reference_run},
     }
 
 

@@ -13,6 +13,7 @@ from spt_stream.commands._engine_options import (
     FeedbackTopicOpt,
     LogLevelOpt,
     ModelOpt,
+    ReferenceRunOpt,
     TiledUrlOpt,
     ZarrOpt,
 )
@@ -60,6 +61,7 @@ def register(app: typer.Typer) -> None:
         tiled_url: TiledUrlOpt = None,
         feedback_topic: FeedbackTopicOpt = None,
         model: ModelOpt = None,
+        reference_run: ReferenceRunOpt = None,
         config: ConfigOpt = None,
         log_level: LogLevelOpt = "WARNING",
         serve_view: ViewOpt = False,
@@ -107,6 +109,7 @@ def register(app: typer.Typer) -> None:
                     model=model,
                     bootstrap_servers=bootstrap_servers,
                     topics=[kafka_topic] if kafka_topic else None,
+                    reference_run=reference_run,
                 ),
             )
             pipeline = build_pipeline(settings)
@@ -120,7 +123,12 @@ def register(app: typer.Typer) -> None:
             try:
                 snap = pipeline.engine.snapshot
                 live_view = start_view(
-                    settings.zarr.root, view_host, view_port, snapshot=snap, console=console
+                    settings.zarr.root,
+                    view_host,
+                    view_port,
+                    snapshot=snap,
+                    console=console,
+                    tiled=settings.tiled,
                 )
             except SptError as exc:
                 console.print(f"[red]error:[/red] {escape(str(exc))}")

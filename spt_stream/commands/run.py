@@ -13,6 +13,7 @@ from spt_stream.commands._engine_options import (
     FeedbackTopicOpt,
     LogLevelOpt,
     ModelOpt,
+    ReferenceRunOpt,
     TiledUrlOpt,
     ZarrOpt,
 )
@@ -40,6 +41,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--feedback-documents-topic", help="Derived-run documents topic."),
         ] = None,
         model: ModelOpt = None,
+        reference_run: ReferenceRunOpt = None,
         config: ConfigOpt = None,
         stop_after_idle: Annotated[
             float | None,
@@ -100,6 +102,7 @@ def register(app: typer.Typer) -> None:
             bootstrap_servers=bootstrap_servers,
             topics=topic,
             group_id=group_id,
+            reference_run=reference_run,
         )
         overrides["kafka"]["connect_timeout_s"] = connect_timeout
         try:
@@ -126,6 +129,7 @@ def register(app: typer.Typer) -> None:
                     snapshot=snap,
                     lag=lag,
                     console=console,
+                    tiled=settings.tiled,
                 )
             except SptError as exc:
                 console.print(f"[red]error:[/red] {escape(str(exc))}")
