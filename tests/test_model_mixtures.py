@@ -176,6 +176,13 @@ def test_regression_head_is_served_as_os_with_the_classifier_as_probs(tmp_path: 
     i_cont = [h.name for h in res.model.cfg.heads].index("os_cont")
     np.testing.assert_allclose(pred.values["os"], reg[:, i_cont].detach().numpy(), atol=1e-5)
     assert np.corrcoef(pred.values["os"], labels)[0, 1] > 0.9
+    # the test metrics score the served value rounded to classes too (the noise table's F1)
+    served = res.metrics["test"]["levels"]["0.0"]["os_cont"]
+    classes = np.asarray(OS_CLASSES, dtype=np.float64)
+    nearest = np.abs(pred.values["os"][:, None] - classes).argmin(1)
+    truth = np.abs(labels[:, None] - classes - 1e-6).argmin(1)  # ties to the lower class
+    assert served["accuracy_rounded"] == pytest.approx(np.mean(nearest == truth), abs=0.02)
+    assert 0.0 < served["f1_rounded"] <= 1.0
     frac = np.abs(labels - np.round(labels)) > 0.2
     assert np.mean(np.abs(pred.values["os"][frac] - labels[frac])) < 0.3
     # the sim-to-real term: per element, "*" for the rest, in quadrature

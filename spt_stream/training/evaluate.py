@@ -25,6 +25,7 @@ import torch
 from spt_stream.datasets import SpectraDataset
 from spt_stream.descriptors import DescriptorSchema, DescriptorSpec
 from spt_stream.models import SPTInference
+from spt_stream.predictor import CONT_SUFFIX
 from spt_stream.training.calibration import (
     expected_calibration_error,
     reliability_table,
@@ -142,6 +143,14 @@ def evaluate_model(
                 probs = pred["probs"][:, off : off + spec.n_classes]
                 off += spec.n_classes
             per[name] = descriptor_metrics(spec, lab, pred["values"][:, j], probs)
+            base = name.removesuffix(CONT_SUFFIX)
+            if base != name and base in schema.names and schema.get(base).kind == "discrete":
+                # the served value (a regression head <base>_cont is served as <base>), rounded
+                # to the nearest class: what a user reading the trace as classes gets
+                served = descriptor_metrics(schema.get(base), lab, pred["values"][:, j])
+                if served.get("n"):
+                    per[name]["f1_rounded"] = served["f1_macro"]
+                    per[name]["accuracy_rounded"] = served["accuracy"]
             if sigma == 0.0:
                 if probs is not None:
                     soft = soft_class_targets(lab, spec.classes, name=name)
