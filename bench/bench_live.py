@@ -75,13 +75,21 @@ from _common import (
 class _Watch:
     """Wraps the engine: counts stop documents, stops the source after the last expected one."""
 
-    def __init__(self, engine: Any, expected_stops: int, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        expected_stops: int,
+        stop: threading.Event,
+        children_cpu: Any = None,
+    ) -> None:
         self.engine = engine
         self.expected = expected_stops
         self.stop = stop
         self.first_doc: float | None = None
-        #: (run uid, wall time, process CPU seconds) at each stop document
-        self.stops: list[tuple[str, float, float]] = []
+        #: () -> CPU seconds of the engine's child processes (the Zarr writer), read at each stop
+        self.children_cpu = children_cpu or (lambda: 0.0)
+        #: (run uid, wall time, process CPU seconds, child processes' CPU seconds) at each stop
+        self.stops: list[tuple[str, float, float, float]] = []
         #: (run uid, seq_num, wall time) when each event document reached the engine
         self.received: list[tuple[str, int, float]] = []
         self._runs: dict[str, str] = {}  # descriptor uid -> run uid
@@ -97,7 +105,14 @@ class _Watch:
             self.received.append((run, int(doc.get("seq_num", -1)), now))
         self.engine(name, doc, position)
         if name == "stop":
-            self.stops.append((str(doc.get("run_start")), time.time(), time.process_time()))
+            self.stops.append(
+                (
+                    str(doc.get("run_start")),
+                    time.time(),
+                    time.process_time(),
+                    self.children_cpu(),
+                )
+            )
             if len(self.stops) >= self.expected:
                 self.stop.set()
 
@@ -164,9 +179,23 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
     engine_process, engine_predict = pipe.engine._process, pipe.engine._predict_and_write
     predict_started: list[float] = []
 
+    profile_first = [bool(cfg.get("profile_first"))]
+
     def timed_process(frames: list[Any]) -> None:
         t0 = time.time()
-        engine_process(frames)
+        if profile_first[0]:  # where the first batch's time goes (to stderr)
+            import cProfile
+            import io
+            import pstats
+
+            profile_first[0] = False
+            prof = cProfile.Profile()
+            prof.runcall(engine_process, frames)
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(30)
+            print(f"engine: first batch profile\n{out.getvalue()}", file=sys.stderr)
+        else:
+            engine_process(frames)
         stages.append(
             (
                 t0,
@@ -183,7 +212,22 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
     pipe.engine._process = timed_process  # type: ignore[method-assign]
     pipe.engine._predict_and_write = timed_predict  # type: ignore[method-assign]
     stop = threading.Event()
-    watch = _Watch(pipe.engine, int(cfg["expected_stops"]), stop)
+    writer_pids = [
+        pid for s in pipe.sinks if (pid := getattr(getattr(s, "writer", None), "pid", None))
+    ]
+    watch = _Watch(
+        pipe.engine,
+        int(cfg["expected_stops"]),
+        stop,
+        children_cpu=lambda: sum(_proc_cpu_s(p) for p in writer_pids),
+    )
+    if cfg.get("announce"):  # tell the parent once the engine holds its partition
+
+        def announce() -> None:
+            if source.assigned.wait(120):
+                print(f"ASSIGNED {time.time():.6f}", flush=True)
+
+        threading.Thread(target=announce, daemon=True).start()
     c0 = time.process_time()
     writer_hwm_mb = 0.0
     try:
@@ -541,6 +585,15 @@ def _status_mb(pid: int, field: str) -> float:
         return float("nan")
     m = re.search(rf"{field}:\s+(\d+) kB", text)
     return int(m.group(1)) / 1024 if m else float("nan")
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (``/proc/PID/stat``); NaN if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:

@@ -14,6 +14,10 @@ process tree, one at a time, never two benchmarks competing for the CPU):
 4. ``latency``: bench_live.py --only latency, 10 / 100 / 500 frames/s through the whole engine
    (as packaged = the AOT package on the model thread, ``batch.overlap: auto``; the eager model;
    the torch.compile'd model);
+   ``runs``: bench_runs.py, the first frame after start and many short runs: a RunEngine
+   publishing 50 runs x 20 frames then one 1,000-frame run at 100 frames/s into a freshly
+   started engine (no warm-up run), beside the two bare Kafka hops (kafka_relay.py) on the same
+   broker; engine CPU per frame;
 5. ``backlog``: bench_live.py --only backlog, backlog throughput (Zarr only; Zarr + feedback;
    the same profiles, plus the AOT package without the model thread and the eager model on it);
 6. ``memory``: bench_live.py --only memory, RSS of ``spt-stream run`` over 100,000 frames;
@@ -47,7 +51,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-PARTS = ("normalize", "model", "ingest", "latency", "backlog", "memory", "naive")
+PARTS = ("normalize", "model", "ingest", "latency", "runs", "backlog", "memory", "naive")
 #: Engine environments of the comparison profiles (see bench_live.py): the model backends other
 #: than the packaged default (``auto`` = the AOTInductor package on the CPU).
 EAGER = {"BENCH_ENGINE_ENV": "SPT_MODEL_BACKEND=eager"}
@@ -176,6 +180,15 @@ def plan(
                     env=dict(env),
                 )
             )
+    if "runs" in which:
+        args = ["--runs", "5", "--long-frames", "100", "--relay-seconds", "2"] if quick else []
+        parts.append(
+            Part(
+                "runs",
+                "Live engine: first frame after start, 50 short runs vs one long run, bare hops",
+                [py, script("bench_runs.py"), *args],
+            )
+        )
     if "backlog" in which:
         args = ["--backlog", "1000"] if quick else []
         extra = [

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite as one command: sets up .venv if needed, then runs every benchmark in order
-# (normalization vs Larch, model vs batch size, ingest, live latency / backlog / memory, the naive
+# (normalization vs Larch, model vs batch size, ingest, live latency, first frames after start and
+# short runs (bench_runs.py), backlog, memory, the naive
 # ecosystem pipeline) and writes out/bench/<timestamp>.md. See docs/BENCHMARKS.md.
 # Extra arguments go to bench/run_all.py (e.g. `--quick` for a smoke run, `--only naive`).
 set -euo pipefail

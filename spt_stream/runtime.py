@@ -193,6 +193,12 @@ class ModelRunner:
         """See :attr:`Predictor.lock_free` (what ``batch.overlap: auto`` asks)."""
         return self.predictor.lock_free
 
+    @property
+    def elements(self) -> tuple[str, ...]:
+        """Absorbing elements the model was built for (the engine's warm-up looks up their
+        edges)."""
+        return tuple(self.predictor.elements)
+
     def thread_init(self) -> None:
         """Apply the compute-thread cap on the calling thread too (the engine's model thread).
 
@@ -246,8 +252,10 @@ def build_pipeline(
     commit: CommitFn | None = None,
     dead_letter: DeadLetterSink | None = None,
     metrics: EngineMetrics | None = None,
+    warm_up: bool = True,
 ) -> Pipeline:
-    """Model + sinks (Zarr always; Tiled and feedback when configured) + engine."""
+    """Model + sinks (Zarr always; Tiled and feedback when configured) + engine, warmed up
+    (:meth:`Engine.warm_up`, before anything reads: ``warm_up=False`` skips it)."""
     from spt_stream.sinks.threaded import ThreadedSink, ZarrSink
 
     runner = model or ModelRunner(
@@ -301,4 +309,14 @@ def build_pipeline(
     engine = Engine(
         settings, runner, sinks, dead_letter=dead_letter, commit=commit, metrics=metrics
     )
+    if warm_up:  # before any source reads: the first frame must not pay first-use costs
+        import time
+
+        t0 = time.perf_counter()
+        steps = engine.warm_up()
+        log.info(
+            "engine warmed up in %.2f s (%s)",
+            time.perf_counter() - t0,
+            ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()),
+        )
     return Pipeline(engine=engine, model=runner, sinks=sinks, dead_letter=dead_letter)

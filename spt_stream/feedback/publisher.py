@@ -288,6 +288,32 @@ class FeedbackPublisher:
         self._send_doc(run_uid, "stop", stop)
         self._count("runs_stopped")
 
+    def warm_up(self, rows: TraceRows | None = None) -> None:
+        """Before the first frame: fetch the topics' metadata (for a topic the producer did not
+        know when it was created, its first send would wait for it on the first frame's path)
+        and build the messages of ``rows`` once without sending them (the message and document
+        code's first-use costs). A topic whose metadata does not come within ``max_block_ms``
+        is logged, not raised: the first send tries again."""
+        for topic in (self.frame_topic, self.documents_topic):
+            if topic is None:
+                continue
+            try:
+                self._producer.partitions_for(topic)
+            except Exception as exc:
+                log.warning("feedback: no metadata for topic %s yet (%s)", topic, exc)
+        if rows is None or len(rows) == 0:
+            return
+        cols = FrameColumns.from_rows(rows, self.descriptors)
+        messages = frame_messages(
+            "warm-up", rows, cols, model=self.model_name, analysis_time=time.time(),
+            element=None, edge=None, units=self.units, ood_threshold=self.ood_threshold,
+        )  # fmt: skip
+        for m in messages:
+            m.model_dump_json()
+        if self.documents_topic is not None:
+            data_keys, _ = data_keys_for(rows, cols, units=self.units)
+            encode_document("event_page", {"data": event_page_data(messages, rows, data_keys)})
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait for every acknowledgement; SinkError on timeout or if a send failed."""
         try:

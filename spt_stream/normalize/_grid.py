@@ -108,12 +108,48 @@ class SmoothingPlan:
         y2 = fftconvolve(y1, self.window[None, :], mode="valid", axes=1)[:, :npts]
         return apply_weights(y2, *self.from_uniform)
 
+    def matrix(self) -> FloatArray:
+        """The smoothing as a matrix ``R`` (m, m), ``self(y) == y @ R`` (to rounding), built
+        directly: ~5x faster than smoothing the identity (which the engine would pay on the
+        first frame of every new grid or e0 search window).
+
+        ``self`` is ``y -> A_to @ M @ A_from`` with ``A_to`` / ``A_from`` the two linear
+        interpolations (two weights per column) and ``M`` (npts, npts) the mirrored
+        convolution: with the mirrored row ``y1 = [y0[npts-1:0:-1], y0, y0[::-1]]`` and the
+        ``valid`` convolution, ``M[a, i] = win[npts + i - a] + win[npts + i + a] (a >= 1,
+        i + a < npts) + win[i + a - npts + 1] (i + a >= npts - 1)``. Only the columns of ``M``
+        that ``A_from`` reads are formed.
+        """
+        npts = self.npts
+        lo_t, w_t = self.to_uniform  # (npts,) into x
+        lo_f, w_f = self.from_uniform  # (m,) into the uniform grid
+        m = lo_f.shape[0]
+        if npts < 2 or m < 2:
+            out: FloatArray = self(np.eye(m))
+            return out
+        # The window padded with zeros, so that out-of-range terms read 0.
+        pad = 2 * npts
+        win = np.concatenate((np.zeros(pad), self.window, np.zeros(2 * pad)))
+        c0 = int(lo_f.min())
+        cols = np.arange(c0, int(lo_f.max()) + 2)  # every column A_from reads
+        a = np.arange(npts)[:, None]
+        s = cols[None, :] + a
+        mcols = win[pad + npts + cols[None, :] - a] + win[pad + s - npts + 1]
+        left = win[pad + npts + s]  # zero where s >= npts (padding)
+        left[0, :] = 0.0  # a = 0 is not mirrored on the left
+        mcols += left
+        b = mcols[:, lo_f - c0] * (1.0 - w_f) + mcols[:, lo_f + 1 - c0] * w_f  # (npts, m)
+        r = np.zeros((m, m))
+        for rows, wt in ((lo_t, 1.0 - w_t), (lo_t + 1, w_t)):
+            starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+            r[rows[starts]] += np.add.reduceat(b * wt[:, None], starts, axis=0)
+        return r
+
 
 @lru_cache(maxsize=1024)
 def _smoothing_matrix_cached(key: bytes, xstep: float) -> FloatArray:
     x = np.frombuffer(key, dtype=np.float64)
-    plan = SmoothingPlan(x, xstep)
-    out: FloatArray = plan(np.eye(x.shape[0]))
+    out = SmoothingPlan(x, xstep).matrix()
     out.setflags(write=False)
     return out
 

@@ -16,7 +16,11 @@ happens: ``blocked`` is 1 while a put waits on the full queue, and ``blocked_s``
 engine spent waiting, monotonic) includes the wait in progress, not only finished ones.
 Failures of the inner sink are kept and raised from the next :meth:`flush` as
 :class:`SinkError`, so the engine never commits offsets over data that did not land.
-:meth:`open_run` and :meth:`call` run synchronously on the sink thread.
+
+:meth:`open_run` and :meth:`finalize` are queued like writes (a run's set-up never makes the
+engine wait: creating a store, or the previous run's finalize still running, stays on the sink
+thread; a failure is raised from the next flush, and the run's writes fail after it).
+:meth:`call` and :meth:`warm_up` run synchronously on the sink thread.
 """
 
 from __future__ import annotations
@@ -98,7 +102,16 @@ class ThreadedSink:
 
     # -- TraceSink ---------------------------------------------------------------------------
     def open_run(self, run_uid: str, attrs: Mapping[str, Any]) -> None:
-        self.call(lambda: self.inner.open_run(run_uid, attrs))
+        """Queue the run's set-up (see the module docstring); returns at once."""
+        fut: Future[Any] = Future()
+        self._put(_Call(lambda: self.inner.open_run(run_uid, attrs), fut, record=True))
+
+    def warm_up(self, rows: TraceRows | None = None, timeout: float | None = 60.0) -> None:
+        """The inner sink's ``warm_up(rows)``, if it has one, on the sink thread (once, at
+        start-up: connections, metadata, first-use costs of its libraries)."""
+        warm = getattr(self.inner, "warm_up", None)
+        if callable(warm):
+            self.call(lambda: warm(rows), timeout=timeout)
 
     def write(self, run_uid: str, rows: TraceRows) -> None:
         self._put(_Write(run_uid, rows))

@@ -231,6 +231,10 @@ class ZarrWriterProcess:
     def flush(self) -> None:
         self._request("flush")
 
+    def warm_up(self, rows: TraceRows | None = None) -> None:
+        """:meth:`ZarrTraceWriter.warm_up` in the child (its Zarr's first-use costs)."""
+        self._request("warm_up", rows)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

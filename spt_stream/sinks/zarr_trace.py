@@ -420,6 +420,21 @@ class ZarrTraceWriter:
             self._forget(run_uid)
         return run.n_rows
 
+    def warm_up(self, rows: TraceRows | None = None) -> None:
+        """Pay Zarr's first-use costs now (codec pipelines, its event loop, array creation):
+        ``rows`` are written to a scratch store in a temporary folder (never under the root),
+        which is removed again. Called once at start-up, so the first run's store is created and
+        written at the usual cost."""
+        import tempfile
+
+        if rows is None or len(rows) == 0:
+            return
+        with tempfile.TemporaryDirectory(prefix="spt-zarr-warm-up-") as tmp:
+            scratch = ZarrTraceWriter(Path(tmp), block_rows=self.block_rows, fsync=False)
+            scratch.open_run("warm-up", {})
+            scratch.write("warm-up", rows)
+            scratch.finalize("warm-up", "success")
+
     def flush(self) -> None:
         """Make everything written so far durable (the engine commits Kafka offsets after this).
 
