@@ -1,10 +1,14 @@
 """The view's ASGI app (Starlette): a static page, a small read-only JSON API and one WebSocket
-per open run that pushes the rows the Zarr sink committed.
+per open run that pushes the rows the Zarr sink committed (and, with a Tiled server, the rows the
+Tiled sink wrote: :mod:`spt_stream.view.tiled_store`).
 
 HTTP (all ``GET``; nothing changes a trace):
 
 * ``/``: the page; ``/static/...``: its scripts and styles (shipped in the package);
-* ``/api/runs``: the run list, live runs first;
+* ``/api/runs``: the run list: live runs first, then the stored ones of the trace root, then
+  those of the Tiled server; each with ``id`` (the ``{run}`` of the URLs below: the store's name,
+  or ``tiled:<uid>``), ``source`` (``"zarr"`` or ``"tiled"``), element, state, rows, start time;
+  ``tiled``: the server's URL and, when it cannot be listed now, ``error`` (one line);
 * ``/api/runs/{run}``: a run's attributes, variables (with their roles) and energy grid;
 * ``/api/runs/{run}/rows?after_seq=S&limit=N``: committed rows after the row of ``seq_num`` S;
 * ``/api/status``: the attached engine's status (frames/s, latency, lag, sinks), if any.
@@ -14,6 +18,10 @@ history in pages, then each increment as it is committed), ``status`` when the r
 changes, ``engine`` about once a second when an engine is attached. ``after_seq`` resumes after
 the last row the page has, so a reconnect neither repeats nor skips a row; an unknown seq_num
 gets a ``reset`` and the history again.
+
+Errors: a bad run id is a 404 (``{"error": "not found: ..."}``; an ``error`` message and close code
+4404 on the WebSocket); a Tiled run while its server cannot be reached is a 503 (close code 4503:
+the page retries).
 
 Auth: when a token is configured every request needs it (``?token=``, ``Authorization: Bearer``,
 or the ``spt_view_token`` cookie that the page's own URL sets); otherwise 401 (HTTP) or a refused
@@ -43,7 +51,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from spt_stream.view.store import RunNotFoundError, TraceReader, TraceRoot
+from spt_stream.view.store import (
+    RunNotFoundError,
+    RunReader,
+    RunSummary,
+    SourceUnavailableError,
+    TraceRoot,
+)
+from spt_stream.view.tiled_store import TILED_PREFIX, TiledSource
 
 __all__ = ["STATIC_DIR", "StatusSource", "ViewOptions", "create_app"]
 
@@ -150,8 +165,10 @@ def create_app(
     token: str | None = None,
     status: StatusSource | None = None,
     options: ViewOptions | None = None,
+    tiled: TiledSource | None = None,
 ) -> ASGIApp:
-    """The view of the trace stores under ``root`` (see module docstring)."""
+    """The view of the trace stores under ``root`` (see module docstring); ``tiled``: a
+    :class:`~spt_stream.view.tiled_store.TiledSource` whose runs are listed beside them."""
     traces = TraceRoot(root)
     opts = options or ViewOptions()
 
@@ -174,21 +191,48 @@ def create_app(
             resp.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
         return resp
 
+    def _tiled_runs(live: frozenset[str]) -> tuple[list[RunSummary], str | None]:
+        assert tiled is not None
+        try:
+            return tiled.runs(live), None
+        except SourceUnavailableError as exc:  # one line in the run list, never a failure
+            return [], str(exc)
+
     async def runs(request: Request) -> Response:
         live = _live_uids()
         found = await asyncio.to_thread(traces.runs, live)
+        tiled_info: dict[str, Any] | None = None
+        if tiled is not None:
+            more, error = await asyncio.to_thread(_tiled_runs, live)
+            found = (
+                [r for r in found if r.live]
+                + [r for r in more if r.live]
+                + [r for r in (*found, *more) if not r.live]
+            )
+            tiled_info = {"url": tiled.url, "error": error}
         return _json(
             {
                 "root": str(traces.root),
                 "engine": status is not None,
+                "tiled": tiled_info,
                 "runs": [r.as_dict() for r in found],
             }
         )
 
-    def _reader(request: Request) -> TraceReader:
-        return traces.reader(str(request.path_params["run_id"]))
+    def _open_reader(run_id: str) -> RunReader:
+        if run_id.startswith(TILED_PREFIX):
+            if tiled is None:
+                raise RunNotFoundError(
+                    f"no run {run_id[:80]!r}: this view reads no Tiled server (--tiled-url)"
+                )
+            reader: RunReader = tiled.reader(run_id)
+            return reader
+        return traces.reader(run_id)
 
-    def _schema_message(reader: TraceReader) -> dict[str, Any]:
+    async def _reader(request: Request) -> RunReader:
+        return await asyncio.to_thread(_open_reader, str(request.path_params["run_id"]))
+
+    def _schema_message(reader: RunReader) -> dict[str, Any]:
         attrs = reader.attrs()
         vars_, coords = reader.schema()
         keep = ("run_uid", "element", "edge", "status", "n_rows", "start_time", "created")
@@ -197,22 +241,21 @@ def create_app(
             "type": "schema",
             "run": {k: attrs.get(k) for k in keep}
             | {
+                "id": reader.run_id,
+                "source": reader.source,
                 "model": model.get("name") if isinstance(model, Mapping) else None,
-                "python": (
-                    "from spt_stream.sinks.zarr_trace import open_trace; "
-                    f"ds = open_trace({str(reader.path)!r})"
-                ),
+                "python": reader.python_snippet(),
             },
             "variables": [v.as_dict() for v in vars_.values()],
             "coords": coords,
         }
 
     async def run_info(request: Request) -> Response:
-        reader = _reader(request)
+        reader = await _reader(request)
         return _json(await asyncio.to_thread(_schema_message, reader))
 
     async def run_rows(request: Request) -> Response:
-        reader = _reader(request)
+        reader = await _reader(request)
         try:
             after = request.query_params.get("after_seq")
             after_seq = int(after) if after is not None else None
@@ -223,9 +266,7 @@ def create_app(
         if after_seq is not None:
             found = await asyncio.to_thread(reader.row_after_seq, after_seq)
             if found is None:
-                return _json(
-                    {"error": f"seq_num {after_seq} is not in run {reader.path.stem}"}, 404
-                )
+                return _json({"error": f"seq_num {after_seq} is not in run {reader.run_id}"}, 404)
             start = found
         n = await asyncio.to_thread(reader.n_rows)
         block = await asyncio.to_thread(
@@ -240,17 +281,29 @@ def create_app(
     async def ws_run(ws: WebSocket) -> None:
         await ws.accept()
         try:
-            reader = traces.reader(str(ws.path_params["run_id"]))
+            reader = await asyncio.to_thread(_open_reader, str(ws.path_params["run_id"]))
         except RunNotFoundError as exc:
             await ws.send_text(_dumps({"type": "error", "status": 404, "error": str(exc)}))
             await ws.close(code=4404, reason="run not found")
             return
+        except SourceUnavailableError as exc:
+            await _unavailable(ws, exc)
+            return
         try:
             await _stream(ws, reader)
+        except SourceUnavailableError as exc:  # its Tiled server went away before any row
+            await _unavailable(ws, exc)
         except (WebSocketDisconnect, RuntimeError, OSError):  # the page went away mid-send
             return
 
-    async def _stream(ws: WebSocket, reader: TraceReader) -> None:
+    async def _unavailable(ws: WebSocket, exc: Exception) -> None:
+        try:
+            await ws.send_text(_dumps({"type": "error", "status": 503, "error": str(exc)}))
+            await ws.close(code=4503, reason="source unavailable")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return
+
+    async def _stream(ws: WebSocket, reader: RunReader) -> None:
         after = ws.query_params.get("after_seq")
         cursor = 0
         if after not in (None, ""):
@@ -310,6 +363,9 @@ def create_app(
         what = str(exc) if isinstance(exc, RunNotFoundError) else "no such page or resource"
         return _json({"error": f"not found: {what}"}, 404)
 
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        return _json({"error": f"unavailable: {exc}"}, 503)
+
     async def server_error(request: Request, exc: Exception) -> Response:
         log.error("view request %s failed: %r", request.url.path, exc)
         return _json({"error": "internal error (see the server's log)"}, 500)
@@ -327,6 +383,7 @@ def create_app(
         404: not_found,
         HTTPException: not_found,
         RunNotFoundError: not_found,
+        SourceUnavailableError: unavailable,
         Exception: server_error,
     }
     app: ASGIApp = Starlette(routes=routes, exception_handlers=handlers)

@@ -16,6 +16,9 @@ Variables are discovered from the store, not from a fixed list:
 * ``spectrum``: 2-D columns over an energy dimension (``norm`` over ``energy_rel``).
 
 A column attribute ``role`` (one of the above) overrides the guess.
+
+:class:`RunReader` is what the app reads a run through: :class:`TraceReader` here (Zarr), and
+:class:`spt_stream.view.tiled_store.TiledTraceReader` for the traces the Tiled sink writes.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -40,15 +44,20 @@ from spt_stream.sinks.zarr_trace import INT_FILL
 
 __all__ = [
     "QUALITY_NAMES",
+    "RUN_ID_RE",
     "RowBlock",
     "RunNotFoundError",
+    "RunReader",
     "RunSummary",
+    "SourceUnavailableError",
     "TraceReader",
     "TraceRoot",
     "VarInfo",
+    "guess_role",
 ]
 
-_RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: What a run id may look like (a run uid; no separators, no leading dot or dash).
+RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 #: Per-frame checks of the normalization and the model (role ``quality``).
 QUALITY_NAMES: Final = frozenset(
     {"e0", "edge_step", "energy_shift", "flags", "ood", "ood_score", "valid"}
@@ -62,6 +71,10 @@ SPECTRUM_DECIMALS: Final = 5
 
 class RunNotFoundError(LookupError):
     """No readable trace store for this run id under the trace root (HTTP 404)."""
+
+
+class SourceUnavailableError(RuntimeError):
+    """The store behind a run cannot be reached now (a Tiled server down: HTTP 503)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +112,16 @@ class RunSummary:
     start_time: float | None
     updated: str | None
     live: bool
+    #: Where the trace is: ``"zarr"`` (the trace root) or ``"tiled"`` (a Tiled server).
+    source: str = "zarr"
+    #: The id in the view's URLs (``/api/runs/{id}``): the store's name for a Zarr run,
+    #: ``tiled:<uid>`` for a Tiled one; the run uid when not given.
+    id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "id": self.id or self.run_uid,
+            "source": self.source,
             "run_uid": self.run_uid,
             "element": self.element,
             "edge": self.edge,
@@ -164,6 +184,29 @@ def _to_json_list(values: npt.NDArray[Any], *, decimals: int | None = None) -> l
     return out
 
 
+def guess_role(
+    name: str,
+    dim: str | None,
+    per_frame: Container[str],
+    declared: Container[str],
+    given: Any = None,
+) -> str:
+    """The role of a per-frame variable (see the module docstring): ``given`` when it is one,
+    else guessed from the name, its second dimension, the trace's other variables
+    (``per_frame``) and the model's declared descriptors."""
+    if isinstance(given, str) and given in _ROLES:
+        return given
+    if dim is not None:
+        return "spectrum" if dim.startswith("energy") else "other"
+    if name.endswith("_std") and name[: -len("_std")] in per_frame:
+        return "std"
+    if name in declared or f"{name}_std" in per_frame:
+        return "descriptor"
+    if name in QUALITY_NAMES:
+        return "quality"
+    return "process"
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
@@ -183,8 +226,49 @@ def _as_int(value: Any) -> int:
     return int(value) if isinstance(value, int | float) and math.isfinite(value) else 0
 
 
+class RunReader(Protocol):
+    """Read-only access to one run's trace, whatever stores it (the app's only view of a run)."""
+
+    @property
+    def run_id(self) -> str:
+        """The id in the view's URLs."""
+        ...
+
+    @property
+    def source(self) -> str:
+        """``"zarr"`` or ``"tiled"``."""
+        ...
+
+    def attrs(self) -> dict[str, Any]:
+        """The run's attributes (``run_uid``, ``element``, ``edge``, ``status``, ``n_rows``,
+        ``start_time``, ``created``, ``model``...)."""
+        ...
+
+    def n_rows(self) -> int:
+        """Rows committed so far."""
+        ...
+
+    def schema(self) -> tuple[dict[str, VarInfo], dict[str, list[float | None]]]:
+        """The per-frame variables and the coordinates of their second dimensions."""
+        ...
+
+    def read(self, start: int, stop: int, *, spectra_from: int) -> RowBlock:
+        """Committed rows ``[start, stop)``; spectra only for rows ``>= spectra_from``."""
+        ...
+
+    def row_after_seq(self, seq_num: int) -> int | None:
+        """Row index just past the last committed row with ``seq_num``; None if none."""
+        ...
+
+    def python_snippet(self) -> str:
+        """How to read the same trace in a notebook."""
+        ...
+
+
 class TraceReader:
     """Cheap, read-only, thread-safe polling of one trace store."""
+
+    source = "zarr"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -196,6 +280,16 @@ class TraceReader:
         self._coords: dict[str, list[float | None]] = {}
         self._arrays: dict[str, zarr.Array[Any]] = {}
         self._seq: npt.NDArray[np.int64] = np.empty(0, np.int64)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name.removesuffix(".zarr")
+
+    def python_snippet(self) -> str:
+        return (
+            "from spt_stream.sinks.zarr_trace import open_trace; "
+            f"ds = open_trace({str(self.path)!r})"
+        )
 
     # ------------------------------------------------------------------ metadata
     def attrs(self) -> dict[str, Any]:
@@ -260,18 +354,7 @@ class TraceReader:
             dim = dims[1] if len(dims) == 2 else None
             if len(dims) > 2:
                 continue
-            role = attrs.get("role") if attrs.get("role") in _ROLES else None
-            if role is None:
-                if dim is not None:
-                    role = "spectrum" if dim.startswith("energy") else "other"
-                elif name.endswith("_std") and name[: -len("_std")] in per_frame:
-                    role = "std"
-                elif name in declared or f"{name}_std" in per_frame:
-                    role = "descriptor"
-                elif name in QUALITY_NAMES:
-                    role = "quality"
-                else:
-                    role = "process"
+            role = guess_role(name, dim, per_frame, declared, attrs.get("role"))
             units = attrs.get("units")
             long_name = attrs.get("long_name")
             vars_[name] = VarInfo(
@@ -359,7 +442,7 @@ class TraceRoot:
         """The store of ``run_id`` (``<uid>`` or ``<uid>.zarr``); :class:`RunNotFoundError`
         unless it is a store directly under the root (no separators, no links out)."""
         rid = run_id.removesuffix(".zarr")
-        if not _RUN_ID_RE.match(rid) or ".." in rid:
+        if not RUN_ID_RE.match(rid) or ".." in rid:
             raise RunNotFoundError(f"no run {run_id[:80]!r}: not a run id")
         try:
             path = (self.root / f"{rid}.zarr").resolve(strict=True)
@@ -409,6 +492,7 @@ class TraceRoot:
                     start_time=_as_float(attrs.get("start_time")),
                     updated=str(attrs.get("updated")) if attrs.get("updated") else None,
                     live=live,
+                    id=reader.run_id,
                 )
             )
         out.sort(key=lambda r: (not r.live, -(r.start_time or 0.0), r.run_uid))
