@@ -61,17 +61,40 @@ def register(app: typer.Typer) -> None:
         log_file = out_dir / "demo.log"
         configure_logging(log_level, log_file=log_file)
         live_view = None
+        tiled_server = None
         if serve_view:  # the live web view of the demo's traces, in its own process
             from spt_stream.view.options import start_view
 
             try:
-                live_view = start_view(out_dir / "traces", view_host, view_port, console=console)
+                tiled_settings = None
+                if tiled:  # started here, so the view lists its runs and outlives the demo
+                    import atexit
+
+                    from spt_stream.config import TiledSettings
+                    from spt_stream.tiled_server import TiledServer
+
+                    console.print("starting a local Tiled server")
+                    tiled_server = TiledServer(workdir=out_dir / "tiled")
+                    atexit.register(tiled_server.stop)  # its own session: Ctrl-C misses it
+                    tiled_server.start()
+                    tiled_settings = TiledSettings(
+                        url=tiled_server.url, api_key=tiled_server.api_key
+                    )
+                live_view = start_view(
+                    out_dir / "traces", view_host, view_port, console=console, tiled=tiled_settings
+                )
             except SptError as exc:
                 console.print(f"[red]demo failed:[/red] {escape(str(exc))}")
                 raise typer.Exit(1) from exc
         try:
             res = run_demo(
-                out, frames=frames, rate_hz=rate, tiled=tiled, model=model, console=console
+                out,
+                frames=frames,
+                rate_hz=rate,
+                tiled=tiled,
+                model=model,
+                console=console,
+                tiled_server=tiled_server,
             )
         except SptError as exc:
             console.print(f"[red]demo failed:[/red] {escape(str(exc))}")

@@ -87,8 +87,13 @@ def run_demo(
     tiled: bool = False,
     model: Path | None = None,
     console: Console | None = None,
+    tiled_server: Any = None,
 ) -> DemoResult:
-    """Run the whole demo (see :mod:`spt_stream.commands.demo`); return where everything is."""
+    """Run the whole demo (see :mod:`spt_stream.commands.demo`); return where everything is.
+
+    ``tiled_server``: a started :class:`~spt_stream.tiled_server.TiledServer` to write to (the
+    caller's, left running: ``demo --tiled --view`` keeps showing its runs); otherwise ``tiled``
+    starts one for the demo's duration."""
     from bluesky import RunEngine
 
     from spt_stream.broker import LocalBroker, create_topic
@@ -114,7 +119,9 @@ def run_demo(
         create_topic(broker.bootstrap, FEEDBACK_TOPIC, partitions=1)
         tiled_url = None
         tiled_key = None
-        if tiled:
+        if tiled_server is not None:
+            tiled_url, tiled_key = tiled_server.url, tiled_server.api_key
+        elif tiled:
             from spt_stream.tiled_server import TiledServer
 
             console.print("      starting a local Tiled server")

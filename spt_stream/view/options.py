@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-__all__ = ["ViewHostOpt", "ViewOpt", "ViewPortOpt", "start_view"]
+if TYPE_CHECKING:
+    from spt_stream.config import TiledSettings
+
+__all__ = ["ViewHostOpt", "ViewOpt", "ViewPortOpt", "ViewTiledUrlOpt", "start_view"]
 
 ViewOpt = Annotated[
     bool,
@@ -28,6 +31,14 @@ ViewHostOpt = Annotated[
 ViewPortOpt = Annotated[
     int, typer.Option("--view-port", min=0, max=65535, help="View port (0: a free one).")
 ]
+ViewTiledUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tiled-url",
+        help="Also list the runs the Tiled sink wrote to this Tiled server "
+        "(key: SPT_TILED_API_KEY; default: the settings' tiled.url).",
+    ),
+]
 
 
 def start_view(
@@ -38,9 +49,12 @@ def start_view(
     snapshot: Callable[[], Mapping[str, Any]] | None = None,
     lag: Callable[[], int | None] | None = None,
     console: Any = None,
+    tiled: TiledSettings | None = None,
 ) -> Any:
     """Start a :class:`~spt_stream.view.server.ViewProcess` and print its URL; returns it
-    (the caller stops it). Raises :class:`~spt_stream.errors.SptError` when it cannot."""
+    (the caller stops it). ``tiled``: the engine's Tiled settings; when they have a URL the view
+    also lists the runs its Tiled sink writes there (with ``tiled.api_key``, never printed).
+    Raises :class:`~spt_stream.errors.SptError` when it cannot."""
     try:
         from spt_stream.view.server import ViewProcess
     except ImportError as exc:  # the optional extra is missing
@@ -49,7 +63,17 @@ def start_view(
         raise ConfigError(
             f"--view needs the view extra (pip install 'spt-stream[view]'): {exc}"
         ) from exc
-    view = ViewProcess(root, host=host, port=port, snapshot=snapshot, lag=lag).start()
+    url = tiled.url if tiled is not None else None
+    view = ViewProcess(
+        root,
+        host=host,
+        port=port,
+        snapshot=snapshot,
+        lag=lag,
+        tiled_url=url,
+        tiled_api_key=tiled.api_key if tiled is not None and url else None,
+    ).start()
     if console is not None:
-        console.print(f"live view: [bold]{view.url}[/bold]")
+        also = f" (and the Tiled runs at {url})" if url else ""
+        console.print(f"live view: [bold]{view.url}[/bold]{also}")
     return view

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from pydantic import SecretStr
+
 from spt_stream.errors import ConfigError
 
 __all__ = [
@@ -164,13 +166,27 @@ class ViewServer:
         self.stop()
 
 
-def _child(root: str, host: str, port: int, token: str | None, status_q: Any, ready_q: Any) -> None:
-    """The child process: serve the view until terminated."""
+def _child(
+    root: str,
+    host: str,
+    port: int,
+    token: str | None,
+    status_q: Any,
+    ready_q: Any,
+    tiled: tuple[str, Any] | None = None,
+) -> None:
+    """The child process: serve the view until terminated (``tiled``: URL and API key)."""
     import signal
 
     from spt_stream.view.app import create_app
+    from spt_stream.view.tiled_store import TiledSource
 
-    app = create_app(root, token=token, status=QueueStatus(status_q) if status_q else None)
+    app = create_app(
+        root,
+        token=token,
+        status=QueueStatus(status_q) if status_q else None,
+        tiled=TiledSource(tiled[0], tiled[1]) if tiled is not None else None,
+    )
     server = ViewServer(app, host, port)
     try:
         server.start()
@@ -193,7 +209,9 @@ class ViewProcess:
 
     ``snapshot``: the engine's :meth:`~spt_stream.engine.Engine.snapshot` (called once a second
     on a daemon thread here; the result is dropped when the view has not taken the last two);
-    ``lag``: the consumer lag, added to the snapshot.
+    ``lag``: the consumer lag, added to the snapshot; ``tiled_url``/``tiled_api_key``: also list
+    the runs the Tiled sink wrote there (the key travels to the child through its start-up pipe,
+    never on a command line or in a log).
     """
 
     def __init__(
@@ -206,6 +224,8 @@ class ViewProcess:
         snapshot: Callable[[], Mapping[str, Any]] | None = None,
         lag: Callable[[], int | None] | None = None,
         period_s: float = 1.0,
+        tiled_url: str | None = None,
+        tiled_api_key: SecretStr | str | None = None,
     ) -> None:
         self.root = Path(root)
         self.host = host
@@ -219,7 +239,15 @@ class ViewProcess:
         self._ready_q: Any = ctx.Queue()
         self._proc = ctx.Process(
             target=_child,
-            args=(str(self.root), host, port, self._token, self._status_q, self._ready_q),
+            args=(
+                str(self.root),
+                host,
+                port,
+                self._token,
+                self._status_q,
+                self._ready_q,
+                (tiled_url, _secret(tiled_api_key)) if tiled_url else None,
+            ),
             name="spt-view",
             daemon=True,
         )
@@ -293,6 +321,10 @@ class ViewProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _secret(key: SecretStr | str | None) -> SecretStr | None:
+    return SecretStr(key) if isinstance(key, str) else key
 
 
 def free_port(host: str = "127.0.0.1") -> int:
