@@ -1,6 +1,7 @@
 """The view in a real headless browser (Debian's chromium driven by Selenium): a run's traces and
 heat map render; frames written by a running engine appear while it runs and match the trace at
-the end; the page recovers after the server restarts; a screenshot is saved and is not blank.
+the end; the page recovers after the server restarts; a screenshot is saved and is not blank; a
+run the Tiled sink writes (tests/plugins/tiled.py) is listed and shown beside the Zarr runs.
 
 ``.ci/run`` installs chromium and chromium-driver (scripts/browser.sh); elsewhere these tests skip
 when no browser is installed. ``SPT_VIEW_SCREENSHOT=PATH`` also saves the screenshot there
@@ -229,4 +230,50 @@ def test_page_recovers_after_a_server_restart(browser: Any, tmp_path: Path) -> N
         assert _shown_count(browser) in (60, 70)  # the display follows at the next redraw
     finally:
         server.stop()
+        writer.close()
+
+
+def test_tiled_run_in_the_page(browser: Any, tmp_path: Path, tiled_server: Any) -> None:
+    """A run the Tiled sink writes is listed beside the Zarr runs (tagged ``tiled``) and shown
+    like them: its history, then the rows appended while the page is open; its descriptor and
+    process variables plotted; a note instead of spectra (Tiled traces hold none)."""
+    import uuid
+
+    from spt_stream.sinks.tiled_trace import TiledTraceWriter
+    from spt_stream.view.tiled_store import TiledSource
+
+    url, api_key = tiled_server
+    root = tmp_path / "traces"
+    zw = ZarrTraceWriter(root, block_rows=16, fsync=False)
+    zw.open_run("zarr-run", {"element": "Ni", "edge": "K"})
+    zw.write("zarr-run", make_rows(range(1, 11)))
+    zw.close()
+    uid = f"browser-{uuid.uuid4().hex[:10]}"
+    writer = TiledTraceWriter(url, api_key)
+    try:
+        writer.open_run(uid, {"element": "Co", "edge": "K", "start_time": 1.79e9})
+        writer.write(uid, make_rows(range(1, 41), new_col_from=1))
+        writer.flush(timeout=60)
+        source = TiledSource(url, api_key, poll_s=0.2)
+        with ViewServer(create_app(root, options=FAST, tiled=source)) as server:
+            browser.get(f"{server.url}#run=tiled:{uid}")
+            st = _wait(browser, lambda s: s["rows"] == 40, 30, "the Tiled run's history")
+            assert st["runId"] == f"tiled:{uid}"
+            assert {"os", "potential"} <= set(st["variables"])
+            listed = browser.execute_script(
+                "return [...document.querySelectorAll('#runs tbody tr')]"
+                ".map((tr) => [tr.dataset.uid, tr.dataset.source])"
+            )
+            assert [f"tiled:{uid}", "tiled"] in listed
+            assert ["zarr-run", "zarr"] in listed
+            assert url in browser.find_element("id", "tiled").text
+            writer.write(uid, make_rows(range(41, 51), new_col_from=41))
+            writer.flush(timeout=60)
+            st = _wait(browser, lambda s: s["rows"] == 50, 15, "the rows appended to Tiled")
+            assert (st["duplicates"], st["gaps"], st["lastSeq"]) == (0, 0, 50)
+            time.sleep(0.3)  # one more redraw
+            n_plots = browser.execute_script("return document.querySelectorAll('.uplot').length")
+            assert n_plots == 2  # descriptor with bands, process variables
+            assert "Tiled" in browser.find_element("id", "plot-spec").text
+    finally:
         writer.close()

@@ -47,7 +47,9 @@
     S.specName = spec ? spec.name : null;
     S.energy = spec && msg.coords[spec.dim] ? msg.coords[spec.dim] : null;
     const run = msg.run || {};
-    $("run-title").textContent = `${(run.run_uid || S.runId).slice(0, 8)} ${run.element || "?"} ${run.edge || ""}`;
+    const from = run.source === "tiled" ? " (Tiled)" : "";
+    $("run-title").textContent = `${(run.run_uid || S.runId).slice(0, 8)} ${run.element || "?"} ${run.edge || ""}${from}`;
+    S.source = run.source || "zarr";
     $("python").textContent = run.python || "";
     S.runStatus = run.status;
     fillSelects();
@@ -159,11 +161,16 @@
     } catch (e) { return; }
     runsCache = j.runs;
     $("root").textContent = `trace root: ${j.root}`;
+    const tiled = $("tiled");
+    tiled.textContent = j.tiled ? (j.tiled.error ? `Tiled: ${j.tiled.error}` : `Tiled: ${j.tiled.url}`) : "";
+    tiled.classList.toggle("err", !!(j.tiled && j.tiled.error));
     const body = document.querySelector("#runs tbody");
     body.textContent = "";
     for (const run of j.runs) {
       const tr = document.createElement("tr");
-      tr.dataset.uid = run.run_uid;
+      const id = run.id || run.run_uid;
+      tr.dataset.uid = id;
+      tr.dataset.source = run.source || "zarr";
       if (run.live) tr.classList.add("live");
       for (const text of [run.run_uid.slice(0, 8), run.element || "?", run.live ? "live" : run.status,
         String(run.n_rows), fmtTime(run.start_time)]) {
@@ -171,14 +178,20 @@
         td.textContent = text;
         tr.appendChild(td);
       }
-      tr.title = run.run_uid;
-      tr.onclick = () => selectRun(run.run_uid);
+      if (run.source === "tiled") {
+        const tag = document.createElement("span");
+        tag.className = "src";
+        tag.textContent = "tiled";
+        tr.firstChild.appendChild(tag);
+      }
+      tr.title = `${run.run_uid} (${run.source === "tiled" ? "Tiled" : "Zarr"})`;
+      tr.onclick = () => selectRun(id);
       body.appendChild(tr);
     }
     highlightRun();
     if (!S.runId) {
       const want = new URLSearchParams(location.hash.slice(1)).get("run");
-      const pick = want || (j.runs[0] && j.runs[0].run_uid);
+      const pick = want || (j.runs[0] && (j.runs[0].id || j.runs[0].run_uid));
       if (pick) selectRun(pick);
     }
   }
@@ -294,7 +307,7 @@
 
   function drawSpectra() {
     const el = $("plot-spec");
-    if (!S.energy) { el.textContent = "this trace stores no spectra"; S.plots.spec = null; S.plotKeys.spec = null; return; }
+    if (!S.energy) { el.textContent = noSpectra(); S.plots.spec = null; S.plotKeys.spec = null; return; }
     const nPrev = Math.max(0, Math.min(30, parseInt($("nprev").value, 10) || 0));
     const series = [{ label: "E - E0 (eV)" }];
     for (let k = nPrev; k >= 1; k--) {
@@ -398,6 +411,11 @@
     }
   }
 
+  function noSpectra() {
+    return S.source === "tiled" ? "Tiled traces hold no spectra (the run's Zarr trace has them)"
+      : "this trace stores no spectra";
+  }
+
   const heat = document.createElement("canvas");
   function drawHeatmap() {
     const cv = $("heatmap");
@@ -407,7 +425,7 @@
     const E = S.energy, m = S.spectra.length;
     if (!E || !m) {
       drawAxes(ctx, box, E ? [E[0], E[E.length - 1]] : [0, 1], null, "energy - E0 (eV)", "time");
-      $("heat-note").textContent = E ? "" : "(this trace stores no spectra)";
+      $("heat-note").textContent = E ? "" : `(${noSpectra()})`;
       return;
     }
     let vmax = S.vmax;
