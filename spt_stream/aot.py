@@ -24,9 +24,12 @@ The first start with a given checkpoint, torch version, CPU and thread count com
 30-40 s on one core; the package is then kept in ``cache_dir`` (default
 ``$XDG_CACHE_HOME/spt-stream/aot`` or ``~/.cache/spt-stream/aot``) under a key naming all of
 them (:func:`aot_cache_key`), so later starts load it in
-milliseconds. Several engines starting at once compile once (a lock file); a package that fails
-to load is compiled again. The package is a native library this process wrote itself; nothing
-received from a network is ever loaded here.
+milliseconds. The engine does that first compile in the background (:class:`BackgroundCompile`:
+a separate, lower-priority process) while the eager model serves, and switches when it is ready
+(:func:`aot_load_cached` tells whether it must). Several engines starting at once compile once
+(a lock file); a package that fails to load is compiled again. The package is a native library
+this process (or its compiler child) wrote itself; nothing received from a network is ever
+loaded here.
 
 Needs a C++ compiler at run time (TorchInductor builds the library with it); :func:`aot_available`
 says whether one is there, and the engine falls back to the eager model when it is not.
@@ -34,6 +37,7 @@ says whether one is there, and the engine falls back to the eager model when it 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import fcntl
@@ -43,10 +47,13 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,7 +65,14 @@ from torch import Tensor, nn
 from spt_stream._version import __version__
 from spt_stream.errors import ModelError
 
-__all__ = ["aot_available", "aot_cache_key", "aot_forward", "default_cache_dir"]
+__all__ = [
+    "BackgroundCompile",
+    "aot_available",
+    "aot_cache_key",
+    "aot_forward",
+    "aot_load_cached",
+    "default_cache_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -313,3 +327,212 @@ def aot_forward(
     info = {"path": str(dest), "key": key, "compiled": compiled,
             "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
     return fwd, info
+
+
+def aot_load_cached(
+    model: nn.Module,
+    *,
+    max_batch: int,
+    device: torch.device | str = "cpu",
+    cache_dir: Path | str | None = None,
+) -> tuple[AotForward, dict[str, Any]] | None:
+    """The model's package from the cache, loaded (milliseconds), or ``None`` when the cache does
+    not have it (a package that does not load is removed: ``None`` too). Never compiles."""
+    dev = torch.device(device)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = aot_cache_key(model.eval(), max_batch, dev)
+    dest = root / f"spt-{key}.pt2"
+    if not dest.is_file():
+        return None
+    t0 = time.perf_counter()
+    try:
+        fwd = _load_locked(dest)
+    except Exception as exc:
+        log.warning("cached compiled model %s does not load (%s): compiling again", dest, exc)
+        with _locked(dest.with_suffix(".lock")):
+            dest.unlink(missing_ok=True)
+            dest.with_suffix(".so").unlink(missing_ok=True)
+        return None
+    info = {"path": str(dest), "key": key, "compiled": False,
+            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    return fwd, info
+
+
+def _load_locked(dest: Path) -> AotForward:
+    with _locked(dest.with_suffix(".lock")):
+        if not dest.is_file():
+            raise ModelError("compiled model package missing", source=str(dest))
+        return _load(dest)
+
+
+#: The background compiler's command: put the engine's import path first, then compile (see
+#: :func:`_child_main`). Its own interpreter: the compile holds the interpreter lock for long
+#: stretches (export, lowering), which in a thread would stall the engine serving frames.
+_BOOT = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from spt_stream.aot import _child_main; _child_main(sys.argv[2])"
+)
+
+
+def _child_argv(cfg: dict[str, Any]) -> list[str]:
+    """The command line of the compiler process for ``cfg`` (see :class:`BackgroundCompile`)."""
+    return [sys.executable, "-c", _BOOT, json.dumps(sys.path), json.dumps(cfg)]
+
+
+def _child_main(arg: str) -> None:
+    """The compiler process: load the module the engine saved, check it has the engine's key,
+    compile it into the cache under the key's lock (unless another process did meanwhile)."""
+    import signal
+
+    cfg = json.loads(arg)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the engine's to handle
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop(): clean up (finally)
+    with contextlib.suppress(OSError):
+        os.nice(int(cfg["nice"]))
+    torch.set_num_threads(int(cfg["threads"]))
+    module_file = Path(cfg["module"])
+    try:
+        model = torch.load(module_file, weights_only=False)  # written by the engine just now
+    finally:
+        module_file.unlink(missing_ok=True)
+    dev = torch.device(cfg["device"])
+    key = aot_cache_key(model.eval(), int(cfg["max_batch"]), dev)
+    if key != cfg["key"]:
+        sys.exit(f"the model here has key {key}, the engine's {cfg['key']}: not compiling")
+    dest = Path(cfg["dest"])
+    t0 = time.perf_counter()
+    with _locked(dest.with_suffix(".lock")):
+        if not dest.is_file():
+            _compile(model, int(cfg["max_batch"]), dev, dest)
+    print(f"compiled {dest} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+class BackgroundCompile:
+    """Compile ``model``'s package in a separate, lower-priority process while the caller serves
+    with something else; then load it and call ``on_done(forward, info, None)`` (from a thread of
+    this process), or ``on_done(None, {}, error)``.
+
+    The model goes to the compiler through a temporary file in the cache folder (this process
+    writes it, its child reads and removes it). The compiler runs at ``nice`` in a session of
+    its own (Ctrl-C is the engine's to handle) and writes only the package (under the key's
+    lock, as a foreground compile does) and its log ``spt-<key>.log`` beside it. :meth:`stop`
+    (the engine's close, or this process's exit) ends it and its compiler subprocesses: the
+    next start compiles again (``spt-stream compile-model`` does it once, in the foreground).
+    ``info`` is as :func:`aot_forward`'s, with ``compiled: True``, ``background: True`` and
+    ``seconds`` from the start of the compile to the package loaded here.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        max_batch: int,
+        on_done: Callable[[AotForward | None, dict[str, Any], BaseException | None], None],
+        device: torch.device | str = "cpu",
+        cache_dir: Path | str | None = None,
+        nice: int = 10,
+    ) -> None:
+        self.device = torch.device(device)
+        self.max_batch = int(max_batch)
+        self.threads = torch.get_num_threads()  # the caller's (capped) threads: the key's
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        self.key = aot_cache_key(model.eval(), self.max_batch, self.device)
+        self.dest = root / f"spt-{self.key}.pt2"
+        self.log_path = root / f"spt-{self.key}.log"
+        self._on_done = on_done
+        fd, module_file = tempfile.mkstemp(prefix=".module-", suffix=".pt", dir=root)
+        os.close(fd)
+        torch.save(model, module_file)
+        cfg = {"module": module_file, "key": self.key, "dest": str(self.dest),
+               "max_batch": self.max_batch, "device": self.device.type,
+               "threads": self.threads, "nice": nice}  # fmt: skip
+        self.started = time.perf_counter()
+        try:
+            with open(self.log_path, "w") as logf:
+                self._proc = subprocess.Popen(
+                    _child_argv(cfg),
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError:
+            Path(module_file).unlink(missing_ok=True)
+            raise
+        self._thread = threading.Thread(target=self._wait, name="spt-aot-compile", daemon=True)
+        self._thread.start()
+        _RUNNING.add(self)
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid)
+
+    @property
+    def running(self) -> bool:
+        """The compiler, or the loading of its package here, has not finished."""
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until done (``on_done`` called); True when it is."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the compiler and its subprocesses if still running (SIGTERM to its process
+        group; SIGKILL after ``timeout`` s)."""
+        import signal
+
+        _RUNNING.discard(self)
+        if self._proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout)
+
+    def _wait(self) -> None:
+        rc = self._proc.wait()
+        _RUNNING.discard(self)
+        torch.set_num_threads(self.threads)  # OpenMP's pool size is per thread (see runtime)
+        fwd: AotForward | None = None
+        info: dict[str, Any] = {}
+        error: BaseException | None = None
+        if rc != 0:
+            try:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            except OSError:
+                tail = []
+            error = ModelError(
+                f"the background compile exited with status {rc}"
+                + (f": {tail[0]}" if tail else ""),
+                source=str(self.log_path),
+            )
+        else:
+            try:
+                fwd = _load_locked(self.dest)
+            except Exception as exc:
+                error = exc
+            else:
+                info = {"path": str(self.dest), "key": self.key, "compiled": True,
+                        "background": True,
+                        "seconds": round(time.perf_counter() - self.started, 3)}  # fmt: skip
+        try:
+            self._on_done(fwd, info, error)
+        except Exception:
+            log.exception("handling the end of the background compile failed")
+
+
+#: Background compiles still running: stopped at this process's exit (nothing outlives it).
+_RUNNING: weakref.WeakSet[BackgroundCompile] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running() -> None:
+    for job in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            job.stop()

@@ -252,6 +252,10 @@ class EngineSettings(BaseSettings):
     #: Where ``aot`` packages are kept; None = ``$XDG_CACHE_HOME/spt-stream/aot`` or
     #: ``~/.cache/spt-stream/aot``.
     model_cache_dir: Path | None = None
+    #: ``aot`` package not in the cache yet: ``false`` (default) serves with the eager model at
+    #: once and compiles in the background, switching when it is ready (no frame waits);
+    #: ``true`` compiles first, as before (frames wait ~40 s the first time).
+    model_compile_wait: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="before")

@@ -23,7 +23,8 @@ up to the switch interval (the batch-64 forward pass beside a Python-busy thread
 eager, 23 ms -> 0.67 s compiled), so with them it measured slower. The AOT model (the default on
 the CPU, :mod:`spt_stream.aot`) is one lock-free foreign call per batch: with it the model
 thread raises the backlog rate on 2 cores and leaves live latency as it was
-(docs/BENCHMARKS.md), so ``auto`` turns it on exactly then (``Predictor.lock_free``).
+(docs/BENCHMARKS.md), so ``auto`` turns it on exactly then (``Predictor.lock_free``; also
+between two batches when a background compile switches the model to it).
 
 Backpressure is structural: the transport calls the engine synchronously, so a slow batch or a
 full sink queue slows the consumer, and memory stays bounded by the batch size, the worker's
@@ -331,13 +332,13 @@ class Engine:
         self._batcher: MicroBatcher[Frame] = MicroBatcher(settings.batch, clock=clock)
         self._offsets = OffsetTracker()
         self._worker = (
-            _BatchWorker(
-                self._predict_and_write, thread_init=getattr(predictor, "thread_init", None)
-            )
-            if self._overlap(settings.batch.overlap, predictor)
-            else None
+            self._new_worker() if self._overlap(settings.batch.overlap, predictor) else None
         )
+        #: ``batch.overlap: auto`` with a model not lock-free (yet): check again between batches
+        #: (a background compile may switch the model to the lock-free AOT package).
+        self._overlap_later = self._worker is None and settings.batch.overlap == "auto"
         self.metrics.watch_sinks(self.sinks)  # queue depth / blocked time, read at scrape
+        self.metrics.watch_model(self.model_state)
         #: Runs whose stop was handled, not yet known durable in every sink.
         self._closing: list[str] = []
         self._committer = _Committer(self._flush_and_commit) if commit is not None else None
@@ -634,6 +635,20 @@ class Engine:
         self.commit()
 
     # -- the batch path ------------------------------------------------------------------------
+    def _new_worker(self) -> _BatchWorker:
+        return _BatchWorker(
+            self._predict_and_write, thread_init=getattr(self.predictor, "thread_init", None)
+        )
+
+    def model_state(self) -> dict[str, Any]:
+        """Which model backend serves now and whether one compiles in the background (status
+        view, snapshot, the ``spt_model_backend`` metric)."""
+        return {
+            "backend": str(getattr(self.predictor, "backend", None) or self.predictor.info.get(
+                "backend", "?")),
+            "compiling": bool(getattr(self.predictor, "compiling", False)),
+        }  # fmt: skip
+
     @staticmethod
     def _overlap(setting: bool | str, predictor: object) -> bool:
         """``batch.overlap``; ``auto``: on exactly when the model's forward pass runs without
@@ -654,6 +669,12 @@ class Engine:
             calibrate_from_reference=self.settings.normalization.calibrate_from_reference,
             energy_shift=self.settings.normalization.energy_shift,
         )
+        if self._overlap_later and getattr(self.predictor, "lock_free", False):
+            # The model became lock-free (switched to the AOT package): between two batches,
+            # with nothing in flight elsewhere, start the model thread ``auto`` asks for.
+            self._overlap_later = False
+            self._worker = self._new_worker()
+            log.info("model thread (batch.overlap auto): on (the model is lock-free now)")
         worker = self._worker
         if worker is None or (len(frames) < self.settings.batch.max_size and worker.idle):
             # No model thread, or a partial batch (live rates) while the thread has nothing in
@@ -809,6 +830,7 @@ class Engine:
         p50, p99 = self.metrics.window.quantiles((0.5, 0.99))
         queues = sink_queues(self.sinks)
         return {
+            "model": self.model_state(),
             "frames": int(self.metrics.frames._value.get()),
             "latency_p50_ms": p50 * 1e3,
             "latency_p99_ms": p99 * 1e3,

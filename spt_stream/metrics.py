@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,36 @@ class _SinkQueueCollector(Collector):
         yield starts
 
 
+class _ModelCollector(Collector):
+    """The model backend serving now, read at scrape time (a background compile switches it)."""
+
+    def __init__(self) -> None:
+        self.state: Callable[[], Mapping[str, Any]] | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if self.state is None:
+            return
+        try:
+            state = self.state()
+        except Exception:  # a scrape never fails for it
+            return
+        backend = GaugeMetricFamily(
+            "spt_model_backend",
+            "1 for the model backend serving now (eager, compile, aot)",
+            labels=["backend"],
+        )
+        backend.add_metric([str(state.get("backend", "?"))], 1.0)
+        yield backend
+        yield GaugeMetricFamily(
+            "spt_model_compiling",
+            "1 while the AOT model compiles in the background (the eager model serves)",
+            value=1.0 if state.get("compiling") else 0.0,
+        )
+
+
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -151,6 +181,8 @@ class EngineMetrics:
         )
         self._sink_queues = _SinkQueueCollector()
         r.register(self._sink_queues)
+        self._model = _ModelCollector()
+        r.register(self._model)
         self.lag = Gauge("spt_consumer_lag", "Messages behind the log end", registry=r)
         self.latency = Histogram(
             "spt_frame_latency_seconds",
@@ -169,6 +201,11 @@ class EngineMetrics:
     def watch_sinks(self, sinks: Sequence[Any]) -> None:
         """Expose the queues of ``sinks`` (read at every scrape); replaces earlier sinks."""
         self._sink_queues.sinks = list(sinks)
+
+    def watch_model(self, state: Callable[[], Mapping[str, Any]]) -> None:
+        """Expose ``state()`` (``backend``, ``compiling``) as ``spt_model_backend{backend}`` and
+        ``spt_model_compiling``, read at every scrape."""
+        self._model.state = state
 
     def observe_latencies(self, values: Iterable[float]) -> None:
         vals = list(values)

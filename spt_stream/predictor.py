@@ -16,7 +16,11 @@ the first time; TorchInductor caches the result on disk, so later starts take se
 CPU, and a forward pass that never takes the interpreter lock (the engine's other threads cannot
 stall it). ``backend="auto"`` picks it on the CPU when a C++ compiler is present and falls back
 to the eager model, with a warning, when compilation is impossible or fails; on CUDA it picks the
-eager model (bf16 autocast).
+eager model (bf16 autocast). With ``aot_background=True`` (what the engine asks) a package
+not yet in the cache is compiled in a separate lower-priority process while the eager model
+serves at once; when it is ready (and agrees with the eager model on a warm-up batch) it serves
+from the next batch on (:attr:`Predictor.backend` says which serves, :meth:`add_listener` hears
+the switch). A cached package is loaded at once either way.
 
 Rows with non-finite input are not sent through the network's result: they come back with NaN
 descriptors, ``valid=False`` and ``ood=True``, so one bad frame never spoils its batch.
@@ -25,10 +29,10 @@ descriptors, ``valid=False`` and ``ood=True``, so one bad frame never spoils its
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +41,9 @@ import torch
 from spt_stream.checkpoint import CheckpointMetadata, default_checkpoint_path, load_checkpoint
 from spt_stream.errors import CheckpointError, ModelError, SptValueError
 from spt_stream.models import SPTInference
+
+if TYPE_CHECKING:
+    from spt_stream.aot import BackgroundCompile
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +137,7 @@ class Predictor:
         backend: Backend | None = None,
         aot_cache_dir: str | Path | None = None,
         compile_mode: str | None = None,
+        aot_background: bool = False,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -143,16 +151,26 @@ class Predictor:
         chosen: Backend = backend if backend is not None else ("compile" if compile else "eager")
         #: What ran the compile/load of an ``aot`` model (path, key, compiled, seconds).
         self.aot_info: dict[str, Any] | None = None
-        self.backend: Backend = self._resolve_backend(chosen, aot_cache_dir)
-        self.compiled = self.backend == "compile"
-        self._forward: Any
+        #: The compile of the ``aot`` package running in the background (``aot_background``),
+        #: while the eager model serves; None when there is none.
+        self.background: BackgroundCompile | None = None
+        self._listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
+        self._aot_forward: Any = None
+        self._pending_background: tuple[Any, str | Path | None] | None = None
+        self._closed = False
+        resolved = self._resolve_backend(chosen, aot_cache_dir, aot_background)
+        self.compiled = resolved == "compile"
         #: torch.compile's mode for ``compile`` (None: its default; "reduce-overhead" adds
         #: CUDA graphs on a GPU).
         self.compile_mode = compile_mode
-        if self.backend == "compile":
-            self._forward = torch.compile(self.model, dynamic=False, mode=compile_mode)
-        elif self.backend == "eager":
-            self._forward = self.model
+        forward: Any = self._aot_forward
+        if resolved == "compile":
+            forward = torch.compile(self.model, dynamic=False, mode=compile_mode)
+        elif resolved == "eager":
+            forward = self.model
+        #: (backend, forward) serving now: read once per batch, replaced in one assignment when
+        #: a background compile finishes (between two batches, never inside one).
+        self._serving: tuple[Backend, Any] = (resolved, forward)
         cfg = model.cfg
         self.n_points = cfg.n_points
         #: The network's heads, in output order.
@@ -184,9 +202,41 @@ class Predictor:
             self._pinned = torch.empty(
                 (self.max_batch, self.n_points), dtype=torch.float32
             ).pin_memory()
+        self._start_background()
 
-    def _resolve_backend(self, chosen: Backend, cache_dir: str | Path | None) -> Backend:
-        """Settle ``auto``, and for ``aot`` compile or load the package (sets ``_forward``)."""
+    @property
+    def backend(self) -> Backend:
+        """The backend serving now (``eager`` until a background compile switches to ``aot``)."""
+        return self._serving[0]
+
+    @property
+    def _forward(self) -> Any:
+        return self._serving[1]
+
+    @property
+    def compiling(self) -> bool:
+        """The ``aot`` package is being compiled in the background (the eager model serves)."""
+        return self.background is not None and self.background.running
+
+    def add_listener(self, fn: Callable[[str, Mapping[str, Any]], None]) -> None:
+        """Call ``fn(event, info)`` when a background compile ends: ``"switched"`` (the
+        package serves from the next batch on; ``info`` = :attr:`aot_info`) or ``"failed"``
+        (``{"error": message}``; the eager model keeps serving). From the compile's thread."""
+        self._listeners.append(fn)
+
+    def close(self) -> None:
+        """No switch after this; a background compile still running is stopped (the next start
+        compiles again)."""
+        self._closed = True
+        if self.background is not None:
+            self.background.stop()
+
+    def _resolve_backend(
+        self, chosen: Backend, cache_dir: str | Path | None, background: bool = False
+    ) -> Backend:
+        """Settle ``auto``, and for ``aot`` compile or load the package (sets ``_aot_forward``);
+        with ``background`` and no package in the cache, start compiling it in the background
+        and serve with the eager model meanwhile (see :meth:`_background_done`)."""
         if chosen == "auto":
             if self.device.type != "cpu":
                 return "eager"
@@ -203,13 +253,22 @@ class Predictor:
                 f"model backend 'aot' is built for the CPU here, not {self.device.type!r} "
                 "(use 'eager' or 'compile' on a GPU)"
             )
-        from spt_stream.aot import aot_forward
+        from spt_stream.aot import aot_forward, aot_load_cached
 
+        packed = _Packed(self.model)
         try:
-            self._forward, self.aot_info = aot_forward(
-                _Packed(self.model), max_batch=self.max_batch, device=self.device,
-                cache_dir=cache_dir,
-            )  # fmt: skip
+            if background:
+                cached = aot_load_cached(
+                    packed, max_batch=self.max_batch, device=self.device, cache_dir=cache_dir
+                )
+                if cached is None:  # started at the end of __init__ (see _start_background)
+                    self._pending_background = (packed, cache_dir)
+                    return "eager"
+                self._aot_forward, self.aot_info = cached
+            else:
+                self._aot_forward, self.aot_info = aot_forward(
+                    packed, max_batch=self.max_batch, device=self.device, cache_dir=cache_dir
+                )
         except ModelError as exc:
             if chosen == "aot":
                 raise
@@ -217,15 +276,76 @@ class Predictor:
             return "eager"
         return "aot"
 
+    def _start_background(self) -> None:
+        """Start the compile :meth:`_resolve_backend` put off (once the predictor is complete:
+        its end checks the package against this predictor's eager model)."""
+        pending, self._pending_background = self._pending_background, None
+        if pending is None:
+            return
+        from spt_stream.aot import BackgroundCompile
+
+        packed, cache_dir = pending
+        try:
+            self.background = BackgroundCompile(
+                packed, max_batch=self.max_batch, device=self.device, cache_dir=cache_dir,
+                on_done=self._background_done,
+            )  # fmt: skip
+        except OSError as exc:  # no process, no cache folder: the eager model it is
+            log.warning("model: cannot compile the AOT model in the background (%s); "
+                        "serving with the eager model", exc)  # fmt: skip
+
+    def _background_done(
+        self, forward: Any, info: dict[str, Any], error: BaseException | None
+    ) -> None:
+        """The background compile ended (its thread): check the package against the eager model
+        on a warm-up batch, then serve with it from the next batch on; on any failure keep
+        the eager model and say why."""
+        if self._closed:  # the engine has stopped: nothing to switch, nobody to tell
+            return
+        event, detail = "failed", {}
+        if error is None and forward is not None:
+            try:
+                self._check_against_eager(forward)
+            except Exception as exc:
+                error = exc
+            else:
+                self.aot_info = info
+                self._serving = ("aot", forward)
+                event, detail = "switched", info
+        if error is not None:
+            detail = {"error": f"{type(error).__name__}: {error}"}
+        for fn in list(self._listeners):
+            try:
+                fn(event, detail)
+            except Exception:
+                log.exception("model backend listener failed")
+
+    @torch.inference_mode()
+    def _check_against_eager(self, forward: Any) -> None:
+        """The package's outputs on a warm-up batch (its first call's costs paid here, not on a
+        frame) match the eager model's (fp32) to 1e-3; else :class:`ModelError`."""
+        g = np.linspace(-1.0, 1.0, self.n_points, dtype=np.float32)
+        x = np.stack([1.0 / (1.0 + np.exp(-(g - s) * 20.0)) for s in (-0.2, 0.0, 0.1, 0.3)])
+        x = x.astype(np.float32)
+        el = np.zeros(len(x), dtype=np.int64)
+        for b in (1, len(x)):
+            (got,) = forward(torch.from_numpy(x[:b]), torch.from_numpy(el[:b]))
+        values, stds, probs, ood = self.model(torch.from_numpy(x), torch.from_numpy(el))
+        want = torch.cat([values.float(), stds.float(), probs.float(), ood.float()[:, None]], 1)
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
+            diff = float((got - want).abs().max()) if got.shape == want.shape else float("nan")
+            raise ModelError(f"the compiled model disagrees with the eager one (max diff {diff})")
+
     @property
     def lock_free(self) -> bool:
         """The forward pass runs without the interpreter lock: the ``aot`` package called through
         its C interface (torch's own loader, the fallback, holds the lock)."""
-        if self.backend != "aot":
+        backend, forward = self._serving
+        if backend != "aot":
             return False
         from spt_stream.aot import _NativeRunner
 
-        return isinstance(self._forward, _NativeRunner)
+        return isinstance(forward, _NativeRunner)
 
     @classmethod
     def from_checkpoint(
@@ -299,11 +419,12 @@ class Predictor:
 
     @torch.inference_mode()
     def _run(self, x: F32, el: npt.NDArray[np.int64]) -> F32:
-        if self.backend == "aot":
+        backend, forward = self._serving  # once per batch: a switch lands between batches
+        if backend == "aot":
             # One foreign call, outputs already packed (_Packed): the interpreter lock is
             # given up and taken back once per batch, not around a dozen small tensor ops
             # (each a wait of up to the switch interval while another thread runs Python).
-            (packed_aot,) = self._forward(torch.from_numpy(x), torch.from_numpy(el))
+            (packed_aot,) = forward(torch.from_numpy(x), torch.from_numpy(el))
             out: F32 = packed_aot.numpy()
             return out
         b = x.shape[0]
@@ -321,7 +442,7 @@ class Predictor:
             xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         et = torch.from_numpy(el).to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            values, stds, probs, ood = self._forward(xt, et)
+            values, stds, probs, ood = forward(xt, et)
         packed = torch.cat(
             [values.float(), stds.float(), probs.float(), ood.float()[:, None]], dim=1
         )

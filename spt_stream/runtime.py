@@ -10,7 +10,7 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,6 +130,12 @@ class ModelRunner:
     ``threads`` caps the CPU threads of the model and numeric kernels (see
     :func:`limit_compute_threads`; ``None``: cores - 1); ``precision`` ``auto`` is bf16
     autocast on CUDA and fp32 on the CPU.
+
+    ``background_compile`` (what the engine uses unless ``model_compile_wait``): an ``aot``
+    package not in the cache yet is compiled in the background while the eager model serves
+    from the first frame on, and serves itself from the batch after it is ready. One status
+    line says so at start (:attr:`status_line`, logged) and one when it switches (or failed);
+    :meth:`add_listener` hears them. :attr:`info` follows (``backend``, ``compiling``).
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class ModelRunner:
         cache_dir: Path | None = None,
         max_batch: int = 64,
         precision: Precision = "auto",
+        background_compile: bool = False,
     ) -> None:
         from spt_stream.checkpoint import default_checkpoint_path
         from spt_stream.predictor import Predictor
@@ -152,14 +159,27 @@ class ModelRunner:
         # will run it (see spt_stream.aot.aot_cache_key). On a GPU the cap still bounds the
         # normalization kernels' BLAS pools and torch's host-side ops.
         self.threads: int = limit_compute_threads(threads)
+        self._listeners: list[Callable[[str], None]] = []
         self.predictor = Predictor.from_checkpoint(
-            model, device=device, backend=backend, aot_cache_dir=cache_dir, precision=precision
-        )
+            model, device=device, backend=backend, aot_cache_dir=cache_dir, precision=precision,
+            aot_background=background_compile,
+        )  # fmt: skip
         aot = self.predictor.aot_info
-        if aot is not None:
+        #: What the model is doing, in one line (the latest: start, then switch or failure).
+        self.status_line: str
+        if self.predictor.background is not None:
+            self.status_line = (
+                "model: eager now; compiling the AOT model in the background (first start with "
+                "this checkpoint, torch and CPU; the engine serves meanwhile)"
+            )
+            log.info("%s", self.status_line)
+            self.predictor.add_listener(self._on_backend_event)
+        elif aot is not None:
             how = "compiled" if aot["compiled"] else "loaded"
+            self.status_line = f"model: AOT ({how} in {aot['seconds']:.1f} s)"
             log.info("model backend aot: %s %s in %.1f s", how, aot["path"], aot["seconds"])
         else:
+            self.status_line = f"model: {self.predictor.backend}"
             log.info("model backend %s", self.predictor.backend)
         if self.predictor.compiled:
             log.info(
@@ -180,13 +200,56 @@ class ModelRunner:
             "ood_threshold": self.predictor.ood_threshold,
             "compiled": self.predictor.compiled,
             "backend": self.predictor.backend,
+            "compiling": self.predictor.compiling,
             "precision": "bf16" if self.predictor.autocast else "fp32",
             "lock_free": self.predictor.lock_free,
         }
 
     @property
     def info(self) -> Mapping[str, Any]:
+        """The model's identity and how it runs (``backend``: serving now; ``compiling``)."""
         return self._info
+
+    @property
+    def backend(self) -> str:
+        """The backend serving now."""
+        return str(self.predictor.backend)
+
+    @property
+    def compiling(self) -> bool:
+        """The AOT package is being compiled in the background (the eager model serves)."""
+        return self.predictor.compiling
+
+    def add_listener(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(status_line)`` when the backend switches or its background compile fails
+        (from the compile's thread)."""
+        self._listeners.append(fn)
+
+    def close(self) -> None:
+        """No switch after this; a background compile still running is stopped."""
+        self.predictor.close()
+
+    def _on_backend_event(self, event: str, detail: Mapping[str, Any]) -> None:
+        if event == "switched":
+            self.status_line = f"model: switched to AOT (compiled in {detail['seconds']:.1f} s)"
+            log.info("%s", self.status_line)
+        else:
+            self.status_line = (
+                f"model: the AOT compile failed ({detail.get('error')}); the eager model keeps "
+                "serving"
+            )
+            log.warning("%s", self.status_line)
+        self._info = {
+            **self._info,
+            "backend": self.predictor.backend,
+            "compiling": False,
+            "lock_free": self.predictor.lock_free,
+        }
+        for fn in list(self._listeners):
+            try:
+                fn(self.status_line)
+            except Exception:
+                log.exception("model status listener failed")
 
     @property
     def lock_free(self) -> bool:
@@ -239,10 +302,15 @@ class Pipeline:
     sinks: list[TraceSink]
     dead_letter: DeadLetterSink
     extras: dict[str, Any] = field(default_factory=dict)
+    #: The model was made by :func:`build_pipeline` (closed with the pipeline: a background
+    #: compile still running stops), not handed in by the caller.
+    owns_model: bool = True
 
     def close(self) -> None:
         self.engine.close()
         self.dead_letter.close()
+        if self.owns_model:
+            self.model.close()
 
 
 def build_pipeline(
@@ -266,6 +334,7 @@ def build_pipeline(
         cache_dir=settings.model_cache_dir,
         max_batch=settings.batch.max_size,
         precision=settings.model_precision,
+        background_compile=not settings.model_compile_wait,
     )
     sinks: list[TraceSink] = [
         ZarrSink(
@@ -319,4 +388,6 @@ def build_pipeline(
             time.perf_counter() - t0,
             ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()),
         )
-    return Pipeline(engine=engine, model=runner, sinks=sinks, dead_letter=dead_letter)
+    return Pipeline(
+        engine=engine, model=runner, sinks=sinks, dead_letter=dead_letter, owns_model=model is None
+    )

@@ -27,6 +27,7 @@ def render_status(snap: Mapping[str, Any], fps: float, lag: int | None) -> Group
         Text(f"lag {lag if lag is not None else '-'}"),
         Text(f"pending {snap.get('pending', 0)}"),
         Text(f"rejected {ingest.get('rejected_total', ingest.get('rejected', 0))}"),
+        Text(_model_cell(snap.get("model", {}))),
     )
     queues = Table.grid(padding=(0, 3))
     cells = [sink_cell(q) for q in snap.get("sinks", [])]
@@ -49,6 +50,12 @@ def render_status(snap: Mapping[str, Any], fps: float, lag: int | None) -> Group
             str(r["status"]),
         )
     return Group(head, queues, runs)
+
+
+def _model_cell(model: Mapping[str, Any]) -> str:
+    """``model aot``, or ``model eager (compiling aot)`` while a background compile runs."""
+    text = f"model {model.get('backend', '?')}"
+    return text + " (compiling aot)" if model.get("compiling") else text
 
 
 def sink_cell(queue: Mapping[str, Any]) -> Text:

@@ -258,3 +258,152 @@ def test_compile_model_command_uses_the_engines_cache(
     res = CliRunner().invoke(app, ["compile-model", "--model", str(bad)])
     assert res.exit_code == 1
     assert "nope.safetensors" in res.output
+
+
+def _slow_compiler(monkeypatch: pytest.MonkeyPatch, package: str, seconds: float) -> None:
+    """The background compiler replaced by a process that waits ``seconds``, then puts the
+    module's real package (compiled once above) where the compile would (same key)."""
+    import json
+    import sys
+
+    script = (
+        "import json, os, shutil, sys, time; cfg = json.loads(sys.argv[1]); "
+        f"time.sleep({seconds}); os.unlink(cfg['module']); "
+        f"shutil.copy({package!r}, cfg['dest'] + '.tmp'); "
+        "os.replace(cfg['dest'] + '.tmp', cfg['dest'])"
+    )
+    monkeypatch.setattr(
+        aot, "_child_argv", lambda cfg: [sys.executable, "-c", script, json.dumps(cfg)]
+    )
+
+
+def test_first_start_serves_at_once_then_switches_to_aot(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    compiled: Predictor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An empty model cache: the engine starts at once on the eager model and analyses a whole
+    run while the AOT model compiles (here a stand-in compiler that takes 6 s), says so in one
+    line, then switches to the package between two batches, says so in one line, and the
+    status, snapshot and metrics name the backend serving. Both backends give the same numbers.
+    Before: the first start compiled in the foreground (~40 s) before reading anything."""
+    assert compiled.aot_info is not None
+    _slow_compiler(monkeypatch, compiled.aot_info["path"], seconds=6.0)
+    settings = load_settings(
+        None,
+        {
+            "zarr": {"root": tmp_path / "traces"},
+            "dead_letter": {"path": None},
+            "model_backend": "auto",
+            "model_cache_dir": tmp_path / "empty-cache",
+            "device": "cpu",
+            "compute_threads": 1,  # the key of the package compiled above
+        },
+    )
+    with caplog.at_level(logging.INFO, logger="spt_stream.runtime"):
+        t0 = time.monotonic()
+        pipe = build_pipeline(settings, dead_letter=MemoryDeadLetter())
+        try:
+            assert time.monotonic() - t0 < 30
+            runner = pipe.model
+            assert runner.compiling
+            assert runner.backend == "eager"
+            assert pipe.engine.snapshot()["model"] == {"backend": "eager", "compiling": True}
+            assert "model: eager now; compiling the AOT model in the background" in caplog.text
+            first = run_delithiation(pipe.engine, frames=12, rate_hz=150.0, seed=1)
+            assert runner.compiling, "the stand-in compiler finished before the run did"
+            assert pipe.engine.snapshot()["frames"] == 12
+            assert runner.predictor.background is not None
+            assert runner.predictor.background.join(60)
+            assert runner.backend == "aot"
+            assert runner.info["backend"] == "aot"
+            assert runner.lock_free
+            assert pipe.engine.snapshot()["model"] == {"backend": "aot", "compiling": False}
+            metrics = pipe.engine.metrics.exposition().decode()
+            assert 'spt_model_backend{backend="aot"} 1.0' in metrics
+            assert "spt_model_compiling 0.0" in metrics
+            assert "model: switched to AOT (compiled in" in caplog.text
+            lines = [r.message for r in caplog.records if r.message.startswith("model: ")]
+            assert len(lines) == 2, lines
+            second = run_delithiation(pipe.engine, frames=12, rate_hz=150.0, seed=2)
+            assert pipe.engine._worker is not None  # overlap auto: on once lock-free
+        finally:
+            pipe.close()
+    eager = Predictor.from_checkpoint(None, device="cpu", backend="eager")
+    for uid in (first, second):
+        ds = open_trace(tmp_path / "traces" / f"{uid}.zarr").load()
+        assert ds.sizes["time"] == 12
+        ref = eager.predict(ds["norm"].values.astype(np.float32), ["Co"] * 12)
+        assert np.allclose(ds["os"].values, ref.values["os"], atol=1e-4)
+    assert not list((tmp_path / "empty-cache").glob(".module-*"))
+
+
+def test_background_compiler_process_finds_or_builds_the_package(
+    tmp_path: Path, compiled: Predictor, eager: Predictor
+) -> None:
+    """The real compiler process: it loads the model the engine saved for it, checks the key,
+    takes the key's lock and (the package being there already, put by a concurrent engine)
+    leaves without compiling; the engine then loads the package, which matches eager."""
+    import shutil
+
+    from spt_stream.predictor import _Packed
+
+    assert compiled.aot_info is not None
+    done: list[tuple[object, dict[str, object], BaseException | None]] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the key of the package compiled above
+    try:
+        shutil.copy(compiled.aot_info["path"], tmp_path / Path(compiled.aot_info["path"]).name)
+        job = aot.BackgroundCompile(
+            _Packed(eager.model),
+            max_batch=eager.max_batch,
+            cache_dir=tmp_path,
+            on_done=lambda f, i, e: done.append((f, i, e)),
+        )
+        assert job.join(120)
+    finally:
+        torch.set_num_threads(before)
+    ((forward, info, error),) = done
+    assert error is None, error
+    assert info["background"] is True
+    assert info["path"] == str(tmp_path / Path(compiled.aot_info["path"]).name)
+    assert not list(tmp_path.glob(".module-*"))  # the compiler removed the model it was given
+    assert "compiled" in job.log_path.read_text()
+    x, _ = _inputs(eager, 3)
+    with torch.inference_mode():
+        (got,) = forward(torch.from_numpy(x), torch.zeros(3, dtype=torch.int64))  # type: ignore[misc]
+        want = _Packed(eager.model)(torch.from_numpy(x), torch.zeros(3, dtype=torch.int64))[0]
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_closing_the_engine_stops_a_compile_still_running(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    compiled: Predictor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The engine stops before the background compile is done: the compiler process ends with
+    it (nothing outlives the engine) and no switch is announced."""
+    assert compiled.aot_info is not None
+    _slow_compiler(monkeypatch, compiled.aot_info["path"], seconds=120.0)
+    settings = load_settings(
+        None,
+        {
+            "zarr": {"root": tmp_path / "traces"},
+            "dead_letter": {"path": None},
+            "model_cache_dir": tmp_path / "empty-cache",
+            "device": "cpu",
+            "compute_threads": 1,
+        },
+    )
+    with caplog.at_level(logging.INFO, logger="spt_stream.runtime"):
+        pipe = build_pipeline(settings, dead_letter=MemoryDeadLetter())
+        job = pipe.model.predictor.background
+        assert job is not None
+        assert job.running
+        pipe.close()
+        assert job.join(30)
+    assert job._proc.poll() is not None
+    assert pipe.model.backend == "eager"
+    assert "switched" not in caplog.text

@@ -1,10 +1,11 @@
 """``spt-stream compile-model``: build the engine's ahead-of-time compiled model now.
 
 The engine compiles its model (``model_backend: auto``/``aot`` on the CPU) the first time it
-starts with a given checkpoint, torch version, CPU and thread count (~30-40 s on one core), before
-it consumes anything. Run this in a deployment step instead, with the same config the engine will
-use, so the first ``spt-stream run`` starts in seconds. Prints where the package is and whether
-it was compiled or already there.
+starts with a given checkpoint, torch version, CPU and thread count (~30-40 s on one core), in the
+background while the eager model serves (``model_compile_wait: true``: before it consumes
+anything). Run this in a deployment step instead, with the same config the engine will use, so
+the first ``spt-stream run`` serves with the compiled model from its first frame. Prints where
+the package is and whether it was compiled or already there.
 """
 
 from __future__ import annotations

@@ -145,12 +145,14 @@ def run_demo(
         )
         console.print("[bold]2/5[/bold] loading the SPT model and starting the engine")
         source = KafkaDocumentSource(settings.kafka)
-        first = "the first time on this machine the model is compiled ahead of time, ~30-40 s"
-        with console.status(f"loading the model ({first})"):
+        with console.status("loading the model and warming up the engine"):
             pipeline = build_pipeline(settings, commit=source.commit)
         info = pipeline.model.info
-        console.print(f"    model {info['name']} {info['version']} on {info['device']}, "
-                      f"backend {info.get('backend', '?')}")  # fmt: skip
+        console.print(f"    model {info['name']} {info['version']} on {info['device']}")
+        # One line for the backend; a first start serves with the eager model while the AOT
+        # model compiles in the background, and one more line when it switches.
+        console.print(f"    {pipeline.model.status_line}")
+        pipeline.model.add_listener(lambda line: console.print(f"    {line}"))
         stop = threading.Event()
         errors: list[BaseException] = []
 
@@ -218,6 +220,14 @@ def run_demo(
         stop.set()
         thread.join(timeout=30)
         snap = pipeline.engine.snapshot()
+        if pipeline.model.compiling:  # a first start: let the compile finish for the next one
+            why = "finishing the model's ahead-of-time compile for the next start (Ctrl-C skips)"
+            try:
+                with console.status(why):
+                    while pipeline.model.compiling:
+                        time.sleep(0.2)
+            except KeyboardInterrupt:
+                console.print("    compile skipped: the next start compiles the model again")
         pipeline.close()
         source.close()
         if errors:
