@@ -252,6 +252,7 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
         "received": watch.received,
         "stages": stages,
         "threads": pipe.model.threads,
+        "backend": str(pipe.model.info.get("backend")),
         "batch_sizes": metrics.batch_sizes,
         "released": dict(pipe.engine._batcher.released),
         "sinks": sinks,

@@ -320,9 +320,9 @@ def main() -> None:
             row = by_run.get(uid, {}).get(seq)
             if row is not None:
                 print(f"  {label} frame {seq}: {_stages(eng, (uid, seq), row[2], row[:2])}")
-    print(f"\nengine: start -> ready {eng['t_ready'] - eng['t_start']:.1f} s, threads "
-          f"{eng['threads']}, CPU {eng['cpu_s']:.1f} s; finished {time.strftime('%H:%M:%S')}, "
-          f"load {loadavg()}")  # fmt: skip
+    print(f"\nengine: start -> ready {eng['t_ready'] - eng['t_start']:.1f} s, model backend at "
+          f"the end {eng.get('backend', '?')}, threads {eng['threads']}, CPU {eng['cpu_s']:.1f} s;"
+          f" finished {time.strftime('%H:%M:%S')}, load {loadavg()}")  # fmt: skip
     if args.json is not None:
         args.json.write_text(
             json.dumps(
