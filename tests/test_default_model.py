@@ -52,8 +52,8 @@ def test_reads_real_references_within_uncertainty(
 def test_scores_on_every_measured_reference_beside_the_edge_baseline(reference_dir: Path) -> None:
     """The shipped model on all the measured references (regression guard at the levels measured
     for docs/MODEL.md; the issue's targets are reported there as met or missed): exact class
-    >= 90 % (measured 95 %), MAE < 0.25 (0.206), nominal within 2 std >= 90 % (98 %), at most one
-    confident error (1: Zn foil), and on compounds the network at or below os_edge's MAE."""
+    >= 90 % (measured 95 %), MAE < 0.25 (0.227), nominal within 2 std >= 90 % (100 %), at most one
+    confident error (measured 0), and on compounds the network at or below os_edge's MAE."""
     from spt_stream.training.real_eval import _scores_of, evaluate_references
 
     rows = evaluate_references(reference_dir)
@@ -72,7 +72,7 @@ def test_scores_on_every_measured_reference_beside_the_edge_baseline(reference_d
 
 def test_real_data_mixtures_track_the_fraction(reference_dir: Path) -> None:
     """Normalized two-reference mixtures (a two-phase sample): the predicted state rises with
-    the fraction (Pearson >= 0.94 per pair; measured 0.953-0.991)."""
+    the fraction (Pearson >= 0.94 per pair; measured 0.951-0.998)."""
     from spt_stream.training.real_eval import mixture_fit, mixture_series
 
     fits = mixture_fit(mixture_series(reference_dir, None), "os")
@@ -84,8 +84,9 @@ def test_real_data_mixtures_track_the_fraction(reference_dir: Path) -> None:
 
 def test_a_pure_edge_shift_moves_os_near_the_physical_slope(reference_dir: Path) -> None:
     """Measured compound references shifted rigidly on the model grid: d(os)/dE x (eV per unit)
-    has a median >= 0.45 per element (measured Fe 0.68, Mn 0.74, Zn 0.51; the previous model
-    0.44, 0.36, 0.00: it read edge position as nuisance). os_edge's response is 1 by design."""
+    has a median in 0.7-1.3 per element, the issue's band (measured Fe 0.86, Mn 0.98, Zn 1.00; with
+    the weaker augmentation 0.68, 0.74, 0.51; without it 0.44, 0.36, 0.00: the network read edge
+    position as nuisance). os_edge's response is 1 by design."""
     import numpy as np
 
     from spt_stream.training.fidelity import sensitivity
@@ -93,6 +94,6 @@ def test_a_pure_edge_shift_moves_os_near_the_physical_slope(reference_dir: Path)
     rows = sensitivity(None, reference_dir)
     for el in ("Fe", "Mn", "Zn"):
         spt = np.median([r["spt"] for r in rows if r["element"] == el])
-        assert spt >= 0.45, (el, spt)
+        assert 0.7 <= spt <= 1.3, (el, spt)
         edge = np.median([r["os_edge"] for r in rows if r["element"] == el])
         assert abs(edge - 1.0) < 0.05, (el, edge)
