@@ -2,9 +2,11 @@
 
 Precedence, highest first: keyword arguments (CLI options) > ``SPT_*`` environment variables
 (nested with ``__``, e.g. ``SPT_KAFKA__BOOTSTRAP_SERVERS``) > a user YAML file (``--config``) >
-the packaged defaults in ``configs/engine.yaml`` > the field defaults below. :func:`load_settings`
-merges the layers in that order (:func:`environment_layer` is the one place the environment is
-read, the Tiled API key's ``SPT_TILED_API_KEY`` included).
+the packaged defaults in ``configs/engine.yaml`` > the field defaults below. Each layer is a
+pydantic-settings source (:meth:`EngineSettings.settings_customise_sources`), and the library
+deep-merges them in that order: a layer overrides only the keys it sets.
+:class:`EnvironmentSource` is the one place the environment is read, the Tiled API key's
+``SPT_TILED_API_KEY`` included; :func:`load_settings` names the YAML files.
 
 Secrets (Kafka SASL password, Tiled API key) are :class:`pydantic.SecretStr`: they never appear
 in ``repr``, logs or the config snapshot written into trace stores
@@ -15,7 +17,9 @@ Settings are validated once, at construction; nothing downstream re-validates pe
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +30,16 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
 
 from spt_stream.errors import ConfigError
 
@@ -50,7 +60,6 @@ __all__ = [
     "TiledSettings",
     "TrackingSettings",
     "ZarrSettings",
-    "environment_layer",
     "load_settings",
     "read_yaml",
 ]
@@ -61,7 +70,8 @@ class _Frozen(BaseModel):
 
 
 class KafkaSettings(_Frozen):
-    """Kafka consumer settings. Defaults are the low-latency ones measured in ENVIRONMENT.md."""
+    """Kafka consumer settings. Defaults are the low-latency ones measured against the development
+    broker (docs/BENCHMARKS.md)."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
     #: Topic names; an entry starting with ``^`` is a regular expression (subscribe by pattern).
@@ -196,8 +206,6 @@ class DeadLetterSettings(_Frozen):
     path: Path | None = None
     #: False: no file; rejected inputs are still logged and counted.
     file: bool = True
-    #: Optional Kafka topic receiving the same records.
-    topic: str | None = None
 
 
 class TrackingSettings(_Frozen):
@@ -223,7 +231,6 @@ class EngineSettings(BaseSettings):
         extra="forbid",
     )
 
-    beamline: str = "local"
     kafka: KafkaSettings = KafkaSettings()
     assembly: AssemblySettings = AssemblySettings()
     normalization: NormalizationSettings = NormalizationSettings()
@@ -256,7 +263,6 @@ class EngineSettings(BaseSettings):
     #: once and compiles in the background, switching when it is ready (no frame waits);
     #: ``true`` compiles first, as before (frames wait ~40 s the first time).
     model_compile_wait: bool = False
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="before")
     @classmethod
@@ -270,13 +276,6 @@ class EngineSettings(BaseSettings):
                 data["model_backend"] = "compile"
         return data
 
-    @field_validator("beamline")
-    @classmethod
-    def _beamline_is_a_name(cls, v: str) -> str:
-        if not v or any(c.isspace() for c in v):
-            raise ValueError("beamline must be a non-empty name without spaces")
-        return v
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -286,9 +285,11 @@ class EngineSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Keyword arguments first, then the environment. load_settings passes every layer as
-        # keyword arguments, merged in the documented order (the environment included).
-        return (init_settings, env_settings)
+        # Highest first: keyword arguments (the CLI options), the environment, then the YAML
+        # files load_settings names (the user's --config above the packaged defaults). No .env
+        # file and no secrets directory are read.
+        yaml_layers = tuple(_YamlLayer(settings_cls, path) for path in reversed(_YAML_LAYERS.get()))
+        return (init_settings, EnvironmentSource(settings_cls), *yaml_layers)
 
     @property
     def dead_letter_path(self) -> Path | None:
@@ -336,43 +337,54 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 #: The Tiled API key's own environment variable (the nested ``SPT_TILED__API_KEY`` works too and
 #: wins when both are set).
 TILED_API_KEY_ENV = "SPT_TILED_API_KEY"
 
+#: The YAML layers of the settings being built, lowest first (set by :func:`load_settings`; empty
+#: when :class:`EngineSettings` is built directly: field defaults, environment and keywords only).
+_YAML_LAYERS: ContextVar[tuple[Path, ...]] = ContextVar("spt_yaml_layers", default=())
 
-def environment_layer() -> dict[str, Any]:
-    """The ``SPT_*`` environment variables as nested settings data (``{"kafka": {...}}``).
 
-    The one place settings are read from the environment, ``SPT_TILED_API_KEY`` included.
+class _YamlLayer(YamlConfigSettingsSource):
+    """One YAML file as a settings source, read with :func:`read_yaml`: a missing or unreadable
+    file, invalid YAML or a file not holding a mapping is a :class:`ConfigError` naming the file
+    (the library's own reader skips a missing file)."""
 
-    Raises
-    ------
-    ConfigError
-        A variable whose value cannot be decoded (e.g. invalid JSON for a list setting).
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls, yaml_file=path)
+
+    def _read_files(self, files: object) -> dict[str, Any]:
+        return read_yaml(Path(str(files))) if files is not None else {}
+
+
+class EnvironmentSource(EnvSettingsSource):
+    """The ``SPT_*`` environment variables (``__`` nesting), plus ``SPT_TILED_API_KEY`` as
+    ``tiled.api_key`` when the nested variable does not set it.
+
+    The one place settings are read from the environment. A variable whose value cannot be
+    decoded (e.g. invalid JSON for a list setting) is a :class:`ConfigError`.
     """
-    from pydantic_settings import EnvSettingsSource
-    from pydantic_settings.exceptions import SettingsError
 
+    def __call__(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = super().__call__()
+        except SettingsError as exc:
+            raise ConfigError(f"invalid environment setting: {exc}", source="environment") from exc
+        key = os.environ.get(TILED_API_KEY_ENV)
+        tiled = data.get("tiled")
+        if key and not (isinstance(tiled, Mapping) and tiled.get("api_key")):
+            data["tiled"] = {**(dict(tiled) if isinstance(tiled, Mapping) else {}), "api_key": key}
+        return data
+
+
+@contextmanager
+def _yaml_layers(paths: tuple[Path, ...]) -> Iterator[None]:
+    token = _YAML_LAYERS.set(paths)
     try:
-        data: dict[str, Any] = EnvSettingsSource(EngineSettings)()
-    except SettingsError as exc:
-        raise ConfigError(f"invalid environment setting: {exc}", source="environment") from exc
-    key = os.environ.get(TILED_API_KEY_ENV)
-    tiled = data.get("tiled")
-    if key and not (isinstance(tiled, Mapping) and tiled.get("api_key")):
-        data["tiled"] = {**(dict(tiled) if isinstance(tiled, Mapping) else {}), "api_key": key}
-    return data
+        yield
+    finally:
+        _YAML_LAYERS.reset(token)
 
 
 def load_settings(
@@ -386,17 +398,21 @@ def load_settings(
 
     ``overrides`` uses the nested shape of the settings (``{"kafka": {"topics": [...]}}``);
     ``None`` values are ignored so CLI options left unset do not mask lower layers.
+
+    Raises
+    ------
+    ConfigError
+        A YAML file that cannot be read or parsed, an environment variable that cannot be
+        decoded, or merged settings that do not validate.
     """
-    data: dict[str, Any] = {}
+    layers: list[Path] = []
     if packaged_defaults and DEFAULT_ENGINE_YAML.is_file():
-        data = _deep_merge(data, read_yaml(DEFAULT_ENGINE_YAML))
+        layers.append(DEFAULT_ENGINE_YAML)
     if config_file is not None:
-        data = _deep_merge(data, read_yaml(config_file))
-    data = _deep_merge(data, environment_layer())
-    if overrides:
-        data = _deep_merge(data, _drop_none(overrides))
+        layers.append(Path(config_file))
     try:
-        return EngineSettings(**data)
+        with _yaml_layers(tuple(layers)):
+            return EngineSettings(**_drop_none(overrides or {}))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

@@ -130,7 +130,6 @@ def run_demo(
         settings = load_settings(
             None,
             {
-                "beamline": "demo",
                 "kafka": {
                     "bootstrap_servers": broker.bootstrap,
                     "topics": (TOPIC,),
