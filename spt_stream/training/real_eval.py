@@ -78,7 +78,7 @@ def evaluate_references(
 ) -> list[dict[str, Any]]:
     """One row per manifest entry: file, sample, element, nominal, network os/std/ood,
     os_edge/std, e_half (eV rel. E_tab); errors for the scored ones."""
-    from spt_stream.commands.predict import predict_files
+    from spt_stream.predict_files import predict_files
 
     entries = _manifest(reference_dir)
     records, errors = predict_files([reference_dir / e["file"] for e in entries], None, model)
