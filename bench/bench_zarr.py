@@ -6,7 +6,7 @@ The trace has 22 arrays per frame, like a real SPT trace: ``time``, ``seq_num``,
 (descriptors, their std, e0, event scalars), an int ``flags``, a bool ``ood``, ``os_probs``
 (7 classes, float32) and ``norm`` (224-point spectrum, float32). "naive append" is what a beamline
 script writes today: ``zarr.Array.append`` on every array for every frame (not crash-safe:
-ENVIRONMENT.md saw unequal array lengths after SIGKILL).
+after a SIGKILL the arrays can have unequal lengths, docs/CONTRACTS.md).
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ def _app() -> typer.Typer:
 
 
 def test_json_output_has_one_object_per_file() -> None:
-    """--format json prints an array with the DESIGN.md keys on each file's own grid."""
+    """--format json prints an array with the documented keys (docs/CONTRACTS.md) on each
+    file's own grid."""
     files = [str(REFERENCE_DIR / "co_metal_rt.xdi"), str(REFERENCE_DIR / "Mn__MnO.txt")]
     res = CliRunner().invoke(_app(), ["normalize", "--format", "json", *files])
     assert res.exit_code == 0, res.output

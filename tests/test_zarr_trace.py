@@ -54,7 +54,8 @@ def _child_env() -> dict[str, str]:
 
 
 def test_write_layout_and_read_back(tmp_path: Path) -> None:
-    """Rows written in batches come back through open_trace with the DESIGN.md layout."""
+    """Rows written in batches come back through open_trace with the documented layout
+    (docs/CONTRACTS.md)."""
     with ZarrTraceWriter(tmp_path, block_rows=8) as w:
         assert w.open_run("r1", {"element": "Co", "edge": "K", "model": {"name": "spt"}}) == 0
         r1 = w.write("r1", make_rows(range(0, 5)))

@@ -12,7 +12,7 @@ Devices are real ophyd devices read by a real bluesky RunEngine:
   mixed linearly with the Co4+ fraction 1 - x, plus a pre-edge background, a slowly drifting edge
   step and Poisson-like noise. The energy grid is a ``kind="config"`` signal.
 
-The start document says what the run contains (``md["spt"]``), as DESIGN.md describes.
+The start document says what the run contains (``md["spt"]``, docs/CONTRACTS.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 This module imports no Kafka client; :mod:`spt_stream.feedback.publisher` sends what it builds.
 
 Column conventions in a :class:`~spt_stream.sinks.rows.TraceRows` batch (as the engine writes
-them, see DESIGN.md):
+them, see docs/CONTRACTS.md):
 
 * a descriptor ``X`` is a 1-D column ``X`` with its standard deviation ``X_std`` and, for a
   discrete descriptor, a 2-D column ``X_probs`` whose coordinate holds the class values;

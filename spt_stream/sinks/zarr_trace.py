@@ -1,7 +1,7 @@
 """The embedded trace store: one Zarr v3 group per run, crash-safe, idempotent, readable live.
 
-Layout of ``<root>/<run_uid>.zarr`` (see DESIGN.md "Trace store (Zarr)")
-------------------------------------------------------------------------
+Layout of ``<root>/<run_uid>.zarr`` (the contract: docs/CONTRACTS.md, "the trace store")
+----------------------------------------------------------------------------------------
 * ``time`` (float64, dims ``[time]``, CF ``units = "seconds since 1970-01-01T00:00:00Z"``): event
   time; xarray decodes it to ``datetime64``.
 * ``seq_num`` (int64, dims ``[time]``): frame identity; fill value ``-1``.
@@ -15,8 +15,8 @@ Layout of ``<root>/<run_uid>.zarr`` (see DESIGN.md "Trace store (Zarr)")
   (ISO 8601 UTC), ``spt_stream_version``, ``block_rows``, and the caller's attributes (element,
   edge, model, config, start metadata).
 
-Commit protocol (ENVIRONMENT.md: the pattern that survived SIGKILL)
---------------------------------------------------------------------
+Commit protocol (survives SIGKILL; per-row appends do not: docs/CONTRACTS.md)
+-----------------------------------------------------------------------------
 Every per-frame array has the same first-axis length, the *capacity*, a multiple of
 ``block_rows`` (= the chunk length), grown by half its size (at most 64 blocks) when a write needs
 more. A :meth:`ZarrTraceWriter.write` call (1) grows every array to the new capacity if needed,
