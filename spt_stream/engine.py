@@ -8,30 +8,18 @@ latency cap, flush at every stop document) -> :func:`~spt_stream.normalize.norma
 (batched) -> predictor (one forward per batch) -> every :class:`~spt_stream.sinks.base.TraceSink`
 (Zarr first, then Tiled and feedback, which queue in the background).
 
-With ``batch.overlap`` (``auto``: on when the model is lock-free) the last two steps, model and
-sink hand-off, of every FULL batch (a backlog) run on a second thread (:class:`_BatchWorker`)
-while the transport's thread decodes, assembles and normalizes the next batch: on a 2-core
-machine the model's forward pass (which releases the GIL) no longer adds to the rest of the
-per-frame cost. A partial batch (live rates) runs on the transport's thread when the worker has
-nothing in hand, so a live frame pays no hand-over between threads. The worker holds at most one
-batch running and one waiting; every point that must see all earlier batches written (a run's
-stop, offset commits, sink flushes, close) first waits for it to drain, and an error raised
-there (e.g. the primary trace failing) is raised again on the transport's thread. It pays only
-when the forward pass runs without the interpreter lock: the eager and torch.compile'd models
-take the GIL back after every operator, and while another thread runs Python each of those waits
-up to the switch interval (the batch-64 forward pass beside a Python-busy thread: 40 ms -> 3.0 s
-eager, 23 ms -> 0.67 s compiled), so with them it measured slower. The AOT model (the default on
-the CPU, :mod:`spt_stream.aot`) is one lock-free foreign call per batch: with it the model
-thread raises the backlog rate on 2 cores and leaves live latency as it was
-(docs/BENCHMARKS.md), so ``auto`` turns it on exactly then (``Predictor.lock_free``; also
-between two batches when a background compile switches the model to it).
+With ``batch.overlap`` (``auto``: on when the model is lock-free, ``Predictor.lock_free``) the
+model and the sink hand-off of every full batch run on a second thread (:class:`_BatchWorker`,
+at most one batch running and one waiting); every point that must see all earlier batches
+written (a run's stop, offset commits, sink flushes, close) first waits for it to drain, and an
+error raised there is raised again on the transport's thread. Why, and the measurements behind
+``auto``: docs/BENCHMARKS.md, "The engine's model thread".
 
-Backpressure is structural: the transport calls the engine synchronously, so a slow batch or a
-full sink queue slows the consumer, and memory stays bounded by the batch size, the worker's
-two-batch queue and the sinks' queue sizes. Kafka offsets are committed through ``commit``
-only after every sink has flushed what they cover (see :mod:`spt_stream.offsets`); frames
-whose ``seq_num`` the primary trace already holds (a re-delivery after a crash) are skipped
-before the model runs.
+Backpressure is structural: the transport calls the engine synchronously, so memory stays
+bounded by the batch size, the worker's two-batch queue and the sinks' queue sizes. Kafka offsets
+are committed through ``commit`` only after every sink has flushed what they cover (see
+:mod:`spt_stream.offsets`); frames whose ``seq_num`` the primary trace already holds (a
+re-delivery after a crash) are skipped before the model runs.
 """
 
 from __future__ import annotations
@@ -88,7 +76,8 @@ class Predictor(Protocol):
 
 
 class _BatchWorker:
-    """One background thread running ``work(item)`` in submission order (see module doc)."""
+    """One background thread running ``work(item)`` in submission order (see the module doc
+    and docs/BENCHMARKS.md, "The engine's model thread")."""
 
     def __init__(
         self,
