@@ -6,7 +6,9 @@ engine's own time per frame, without the Kafka hops that ``bench_runs.py`` adds)
 
 * ``runs`` (default): start -> ready, then ``--runs`` runs of ``--frames`` frames: per run the
   time to take its start and descriptor documents (the run's set-up) and each frame's engine
-  time; the first run's first frame is what start-up left for the frame path.
+  time (the first run's first frame is what start-up left for the frame path), and the CPU the
+  Zarr writer process spent on the run (its store's creation, writes, flush and finalize: off
+  the engine's thread, but CPU the machine must have).
 * ``compile``: an empty model cache (``model_backend: auto``): start -> ready and the model's
   status lines; then a ``--frames``-frame run every ``--frames``/``--rate`` s until the AOT
   model serves and ``--after`` frames ran on it (at most ``--limit`` s); engine time per frame
@@ -62,18 +64,32 @@ def _feed(engine: Any, run: Any, data: tuple[Any, Any, Any], pause: float = 0.0)
     return out
 
 
+def _writer_cpu_s(pipe: Any) -> float:
+    """CPU seconds of the engine's Zarr writer process so far (NaN when it has none)."""
+    from bench_live import _proc_cpu_s
+
+    pid = getattr(getattr(pipe.sinks[0], "writer", None), "pid", None)
+    return _proc_cpu_s(pid) if pid else float("nan")
+
+
 def probe_runs(args: argparse.Namespace, data: tuple[Any, Any, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pipe, ready = _pipeline(tmp)
         line = getattr(pipe.model, "status_line", f"backend {pipe.model.info.get('backend')}")
         print(f"start -> ready {ready:.1f} s ({line})")
         print()
-        print("| run | start + descriptor ms | frame ms (engine time, in order) | stop ms |")
-        print("|---:|---:|---|---:|")
+        print(
+            "| run | start + descriptor ms | frame ms (engine time, in order) | stop ms | "
+            "Zarr writer process CPU ms (the run's store: create, write, flush, finalize) |"
+        )
+        print("|---:|---:|---|---:|---:|")
         for k in range(args.runs):
+            cpu0 = _writer_cpu_s(pipe)
             out = _feed(pipe.engine, make_run(args.frames, data[0], f"probe-{k}"), data)
+            pipe.engine.flush_sinks()  # after the timings: the writer's work for this run done
+            cpu = (_writer_cpu_s(pipe) - cpu0) * 1e3
             frames = " ".join(f"{x:.1f}" for x in out[1:-1])
-            print(f"| {k + 1} | {out[0]:.1f} | {frames} | {out[-1]:.1f} |")
+            print(f"| {k + 1} | {out[0]:.1f} | {frames} | {out[-1]:.1f} | {cpu:.0f} |")
         pipe.close()
 
 
