@@ -247,6 +247,29 @@ def spin_rate(seconds: float) -> float:
     return count[0] / seconds
 
 
+def feedback_consumer(cfg: Any) -> Any:
+    """A kafka-python consumer of ``cfg["topic"]`` partition 0 at its end (no group, no commits;
+    ``cfg["bootstrap"]``, ``cfg["fetch_max_wait_ms"]``), after printing ``READY``: the agent side
+    of the live benchmarks. Poll it with a 20 ms timeout, as the engine does (kafka-python 3.0
+    sometimes returns a fetched record only at the poll's timeout: 100 ms put ~1 % of messages
+    ~105 ms late)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=cfg["bootstrap"],
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=int(cfg["fetch_max_wait_ms"]),
+    )
+    tp = TopicPartition(cfg["topic"], 0)
+    consumer.assign([tp])
+    consumer.seek_to_end(tp)
+    consumer.position(tp)
+    print("READY", flush=True)
+    return consumer
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 

@@ -60,6 +60,7 @@ from _common import (
     REPO,
     Lines,
     Producer,
+    feedback_consumer,
     fmt,
     loadavg,
     make_run,
@@ -271,28 +272,13 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
 
 def listen_child(cfg: Mapping[str, Any]) -> None:
     """The agent: consume the feedback topic, note when each frame's message arrives."""
-    from kafka import KafkaConsumer, TopicPartition
-
     expected: dict[str, int] = dict(cfg["expected"])
-    consumer = KafkaConsumer(
-        bootstrap_servers=cfg["bootstrap"],
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-        fetch_max_wait_ms=int(cfg["fetch_max_wait_ms"]),
-    )
-    tp = TopicPartition(cfg["topic"], 0)
-    consumer.assign([tp])
-    consumer.seek_to_end(tp)
-    consumer.position(tp)
-    print("READY", flush=True)
+    consumer = feedback_consumer(cfg)
     rows: dict[str, list[tuple[int, float, float, float]]] = {u: [] for u in expected}
     done: set[str] = set()
     deadline = time.monotonic() + float(cfg["timeout_s"])
     while len(done) < len(expected) and time.monotonic() < deadline:
-        # 20 ms, as the engine: kafka-python 3.0 sometimes returns a fetched record only at
-        # the poll's timeout (a 100 ms timeout put ~1 % of messages ~105 ms late).
-        batch = consumer.poll(timeout_ms=20)
+        batch = consumer.poll(timeout_ms=20)  # as the engine (see _common.feedback_consumer)
         t = time.time()
         for records in batch.values():
             for rec in records:

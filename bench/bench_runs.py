@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Lines, loadavg, wait_child
+from _common import Lines, feedback_consumer, loadavg, wait_child
 
 TOPIC = "bench.runs.documents"
 FEEDBACK = "bench.runs.feedback"
@@ -58,24 +58,11 @@ FEEDBACK = "bench.runs.feedback"
 def listen_child(cfg: Mapping[str, Any]) -> None:
     """The agent: every feedback message's (run, seq_num, event time, analysis time, receive
     time) until ``total`` messages arrived or ``timeout_s`` passed."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=cfg["bootstrap"],
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-        fetch_max_wait_ms=int(cfg["fetch_max_wait_ms"]),
-    )
-    tp = TopicPartition(cfg["topic"], 0)
-    consumer.assign([tp])
-    consumer.seek_to_end(tp)
-    consumer.position(tp)
-    print("READY", flush=True)
+    consumer = feedback_consumer(cfg)
     rows: list[tuple[str, int, float, float, float]] = []
     deadline = time.monotonic() + float(cfg["timeout_s"])
     while len(rows) < int(cfg["total"]) and time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=20)  # as the engine (see bench_live.listen_child)
+        batch = consumer.poll(timeout_ms=20)  # as the engine (see _common.feedback_consumer)
         t = time.time()
         for records in batch.values():
             for rec in records:
@@ -144,13 +131,7 @@ def bare_hops(bootstrap: str, rate: float, seconds: float, tmp: Path) -> np.ndar
     p = kafka_relay._producer(bootstrap)
     pad = np.random.default_rng(0).normal(size=400).astype(np.float64).tobytes()
     time.sleep(1.0)
-    t_next = time.perf_counter()
-    for _ in range(n):
-        t_next += 1.0 / rate
-        while (d := t_next - time.perf_counter()) > 0:
-            time.sleep(min(d, 0.002))
-        p.send(a, f"{time.time():<32.6f}".encode() + pad)
-    p.flush()
+    kafka_relay.send_paced(p, a, n, rate, pad)
     p.close()
     wait_child(rl, 120, "relay")  # type: ignore[arg-type]
     wait_child(ag, 120, "relay agent")  # type: ignore[arg-type]

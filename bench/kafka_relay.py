@@ -57,6 +57,18 @@ def _producer(bootstrap: str) -> Any:
     return KafkaProducer(linger_ms=0, acks=1, **KafkaSettings().producer_kwargs(bootstrap, "b"))
 
 
+def send_paced(p: Any, topic: str, n: int, rate: float, pad: bytes) -> None:
+    """Send ``n`` messages to ``topic`` at ``rate``/s, each its send time (32 ASCII bytes) plus
+    ``pad``; flushes at the end."""
+    t_next = time.perf_counter()
+    for _ in range(n):
+        t_next += 1.0 / rate
+        while (d := t_next - time.perf_counter()) > 0:
+            time.sleep(min(d, 0.002))
+        p.send(topic, f"{time.time():<32.6f}".encode() + pad)
+    p.flush()
+
+
 def relay(cfg: dict[str, Any]) -> None:
     """Consume topic A; for each message send {stamp, hop1 receive time} to topic B at once."""
     c = _consumer(cfg["bootstrap"], cfg["a"], cfg["fetch_wait"])
@@ -132,13 +144,7 @@ def main() -> None:
             rl = _child("relay", cfg)
             p = _producer(broker.bootstrap)
             time.sleep(1.0)
-            t_next = time.perf_counter()
-            for _ in range(n):
-                t_next += 1.0 / rate
-                while (d := t_next - time.perf_counter()) > 0:
-                    time.sleep(min(d, 0.002))
-                p.send(a, f"{time.time():<32.6f}".encode() + payload_pad)
-            p.flush()
+            send_paced(p, a, n, rate, payload_pad)
             rl.wait(120)
             ag.wait(120)
             r = np.asarray(json.loads(Path(cfg["out"]).read_text()))
