@@ -57,7 +57,7 @@ import weakref
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +73,9 @@ __all__ = [
     "aot_load_cached",
     "default_cache_dir",
 ]
+
+if TYPE_CHECKING:
+    from spt_stream.predictor import _Packed
 
 log = logging.getLogger(__name__)
 
@@ -390,9 +393,15 @@ def _child_main(arg: str) -> None:
     with contextlib.suppress(OSError):
         os.nice(int(cfg["nice"]))
     torch.set_num_threads(int(cfg["threads"]))
+    from safetensors.torch import load_file
+
+    from spt_stream.models import SPTConfig, SPTInference
+    from spt_stream.predictor import _Packed
+
     module_file = Path(cfg["module"])
-    try:
-        model = torch.load(module_file, weights_only=False)  # written by the engine just now
+    try:  # the served model rebuilt from its architecture and tensors: nothing unpickled
+        model = _Packed(SPTInference(SPTConfig.from_json(cfg["arch"])))
+        model.load_state_dict(load_file(module_file))
     finally:
         module_file.unlink(missing_ok=True)
     dev = torch.device(cfg["device"])
@@ -412,19 +421,21 @@ class BackgroundCompile:
     with something else; then load it and call ``on_done(forward, info, None)`` (from a thread of
     this process), or ``on_done(None, {}, error)``.
 
-    The model goes to the compiler through a temporary file in the cache folder (this process
-    writes it, its child reads and removes it). The compiler runs at ``nice`` in a session of
-    its own (Ctrl-C is the engine's to handle) and writes only the package (under the key's
-    lock, as a foreground compile does) and its log ``spt-<key>.log`` beside it. :meth:`stop`
-    (the engine's close, or this process's exit) ends it and its compiler subprocesses: the
-    next start compiles again (``spt-stream compile-model`` does it once, in the foreground).
+    The model (the predictor's packed SPT model) goes to the compiler as its architecture (JSON)
+    and a temporary safetensors file of its tensors in the cache folder (this process writes it,
+    its child rebuilds the model from both and removes the file; nothing is unpickled). The
+    compiler runs at ``nice`` in a session of its own (Ctrl-C is the engine's to handle) and
+    writes only the package (under the key's lock, as a foreground compile does) and its log
+    ``spt-<key>.log`` beside it. :meth:`stop` (the engine's close, or this process's exit) ends
+    it and its compiler subprocesses: the next start compiles again (``spt-stream
+    compile-model`` does it once, in the foreground).
     ``info`` is as :func:`aot_forward`'s, with ``compiled: True``, ``background: True`` and
     ``seconds`` from the start of the compile to the package loaded here.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: _Packed,
         *,
         max_batch: int,
         on_done: Callable[[AotForward | None, dict[str, Any], BaseException | None], None],
@@ -441,10 +452,14 @@ class BackgroundCompile:
         self.dest = root / f"spt-{self.key}.pt2"
         self.log_path = root / f"spt-{self.key}.log"
         self._on_done = on_done
-        fd, module_file = tempfile.mkstemp(prefix=".module-", suffix=".pt", dir=root)
+        from safetensors.torch import save_file
+
+        fd, module_file = tempfile.mkstemp(prefix=".module-", suffix=".safetensors", dir=root)
         os.close(fd)
-        torch.save(model, module_file)
-        cfg = {"module": module_file, "key": self.key, "dest": str(self.dest),
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, module_file)
+        cfg = {"module": module_file, "arch": model.cfg.to_json(), "key": self.key,
+               "dest": str(self.dest),
                "max_batch": self.max_batch, "device": self.device.type,
                "threads": self.threads, "nice": nice}  # fmt: skip
         self.started = time.perf_counter()
