@@ -1,8 +1,8 @@
 """Live-engine benchmarks: feedback latency, backlog throughput and memory over a long run.
 
 Everything runs against a local Tansu broker (:class:`spt_stream.broker.LocalBroker`) with the
-packaged default model and the engine's packaged settings (``configs/engine.yaml``), in separate
-processes so each has its own interpreter:
+packaged default model and the engine's packaged settings
+(``spt_stream/configs/engine.yaml``), in separate processes so each has its own interpreter:
 
 * this process: the broker, and the producer, which sends pre-built Bluesky documents (a real
   ``start``/``descriptor``/``stop`` from ``event_model.compose_run`` with ``md["spt"]``; events

@@ -2,9 +2,9 @@
 
 Precedence, highest first: keyword arguments (CLI options) > ``SPT_*`` environment variables
 (nested with ``__``, e.g. ``SPT_KAFKA__BOOTSTRAP_SERVERS``) > a user YAML file (``--config``) >
-the packaged defaults in ``configs/engine.yaml`` > the field defaults below. Each layer is a
-pydantic-settings source (:meth:`EngineSettings.settings_customise_sources`), and the library
-deep-merges them in that order: a layer overrides only the keys it sets.
+the packaged defaults in ``spt_stream/configs/engine.yaml`` > the field defaults below. Each
+layer is a pydantic-settings source (:meth:`EngineSettings.settings_customise_sources`), and the
+library deep-merges them in that order: a layer overrides only the keys it sets.
 :class:`EnvironmentSource` is the one place the environment is read, the Tiled API key's
 ``SPT_TILED_API_KEY`` included; :func:`load_settings` names the YAML files.
 
@@ -134,7 +134,8 @@ class KafkaSettings(_Frozen):
 class AssemblySettings(_Frozen):
     """How runs are turned into frames when their start document does not say (``md["spt"]``)."""
 
-    #: Beamline profile name (``configs/profiles/<name>.yaml``) or path; None = heuristics only.
+    #: Beamline profile name (``spt_stream/configs/profiles/<name>.yaml``) or path; None =
+    #: heuristics only.
     profile: str | None = None
     #: Largest spectrum accepted, in points (a guard against hostile documents).
     max_points: int = Field(100_000, ge=8)

@@ -1,8 +1,9 @@
 """The descriptor schema: which local-structure descriptors the SPT model predicts, and how.
 
-Loaded from ``configs/descriptors.yaml`` into a frozen pydantic :class:`DescriptorSchema`. A
-discrete descriptor is a softmax head over its class values (labels are stored as floats, e.g.
-oxidation state ``3.0``); a continuous one is a regression head (mean and log-variance).
+Loaded from ``spt_stream/configs/descriptors.yaml`` into a frozen pydantic
+:class:`DescriptorSchema`. A discrete descriptor is a softmax head over its class values (labels
+are stored as floats, e.g. oxidation state ``3.0``); a continuous one is a regression head (mean
+and log-variance).
 Checkpoints carry the subset they were trained on, so inference never needs the YAML.
 """
 
@@ -133,7 +134,7 @@ class DescriptorSchema(BaseModel):
 
 
 def load_descriptor_schema(path: Path | None = None) -> DescriptorSchema:
-    """Read a descriptor YAML (default: the packaged ``configs/descriptors.yaml``)."""
+    """Read a descriptor YAML (default: the packaged ``spt_stream/configs/descriptors.yaml``)."""
     path = DEFAULT_DESCRIPTORS_YAML if path is None else Path(path)
     raw = read_yaml(path)
     entries = raw.get("descriptors")

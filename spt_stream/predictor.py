@@ -356,7 +356,7 @@ class Predictor:
         if path is None and not p.is_file():
             raise CheckpointError(
                 "no default SPT checkpoint is installed; pass a model file (--model PATH) or "
-                "train one with `spt-stream train --config configs/train/<name>.yaml`",
+                "train one with `spt-stream train --config spt_stream/configs/train/<name>.yaml`",
                 source=str(p),
             )
         model, meta = load_checkpoint(p, "cpu")

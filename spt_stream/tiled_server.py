@@ -1,11 +1,12 @@
 """A local, writable Tiled server in a child process (tests, ``spt-stream demo --tiled``).
 
-Config-file mode (``tiled serve config``) from ``configs/tiled/local-server.yml.template``: a
-SQLite catalog, a data directory and a DuckDB file for appendable tables, and the
-``application/json-seq`` exporter of ``bluesky-tiled-plugins`` so stored Bluesky runs can be
-replayed (``run.documents()``). The API key is set in the config
-(``authentication.single_user_api_key``); the URL the server prints at start-up carries a
-different key that gets 401, so use :attr:`TiledServer.api_key`. Needs the ``tiled-server`` extra.
+Config-file mode (``tiled serve config``) from
+``spt_stream/configs/tiled/local-server.yml.template``: a SQLite catalog, a data directory and a
+DuckDB file for appendable tables, and the ``application/json-seq`` exporter of
+``bluesky-tiled-plugins`` so stored Bluesky runs can be replayed (``run.documents()``). The API
+key is set in the config (``authentication.single_user_api_key``); the URL the server prints at
+start-up carries a different key that gets 401, so use :attr:`TiledServer.api_key`. Needs the
+``tiled-server`` extra.
 """
 
 from __future__ import annotations

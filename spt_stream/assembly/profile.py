@@ -5,8 +5,9 @@ event:
 
 * :class:`RunHints` is ``md["spt"]`` of a start document: the run says explicitly which data keys
   hold its spectrum or its channels.
-* :class:`BeamlineProfile` is ``configs/profiles/<name>.yaml``: the data-key names a beamline uses,
-  each role listing candidate keys tried in order (the first one present in the descriptor wins).
+* :class:`BeamlineProfile` is ``spt_stream/configs/profiles/<name>.yaml``: the data-key names a
+  beamline uses, each role listing candidate keys tried in order (the first one present in the
+  descriptor wins).
 
 Roles (both models): ``spectrum`` (mu given directly: a 1-D array key for quick-XAS, or a scalar
 key for a step scan), ``energy`` (a data key, or a configuration key holding the grid), channels
@@ -69,7 +70,7 @@ class RunHints(BaseModel):
 
 
 class BeamlineProfile(BaseModel):
-    """A beamline's data-key conventions (``configs/profiles/<name>.yaml``).
+    """A beamline's data-key conventions (``spt_stream/configs/profiles/<name>.yaml``).
 
     Every role lists candidate keys in order of preference; a single string is accepted for one.
     ``element``/``edge``/``mode`` are defaults used only when the run itself does not say.
@@ -106,7 +107,7 @@ class BeamlineProfile(BaseModel):
 
 
 def load_profile(name_or_path: str | Path) -> BeamlineProfile:
-    """Load a profile by name (``configs/profiles/<name>.yaml``) or by path.
+    """Load a profile by name (``spt_stream/configs/profiles/<name>.yaml``) or by path.
 
     Raises :class:`ConfigError` naming the file when it is missing or invalid.
     """

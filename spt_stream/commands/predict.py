@@ -66,8 +66,8 @@ def _piped_width() -> dict[str, Any]:
 
 
 def descriptor_help() -> str:
-    """The descriptors of ``configs/descriptors.yaml`` with unit and meaning, one per line (the
-    ``--help`` epilog; read with plain YAML so that ``--help`` stays quick)."""
+    """The descriptors of ``spt_stream/configs/descriptors.yaml`` with unit and meaning, one per
+    line (the ``--help`` epilog; read with plain YAML so that ``--help`` stays quick)."""
     import yaml
 
     path = Path(__file__).resolve().parent.parent / "configs" / "descriptors.yaml"

@@ -12,7 +12,7 @@ import typer
 
 __all__ = ["register"]
 
-_DEFAULT_RECIPE = Path("configs/simulate/default.yaml")
+_DEFAULT_RECIPE = Path("spt_stream/configs/simulate/default.yaml")
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
     @app.command("simulate-calibrate")
     def simulate_calibrate(
         out: Annotated[Path, typer.Option(help="Fitted parameters YAML.")] = Path(
-            "configs/simulate/calibrated.yaml"
+            "spt_stream/configs/simulate/calibrated.yaml"
         ),
         report: Annotated[Path | None, typer.Option(help="Residual tables (markdown).")] = Path(
             "docs/simulator-calibration.md"

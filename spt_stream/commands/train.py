@@ -1,4 +1,5 @@
-"""``spt-stream train --config configs/train/<name>.yaml``: train or fine-tune an SPT model.
+"""``spt-stream train --config spt_stream/configs/train/<name>.yaml``: train or fine-tune an SPT
+model.
 
 Writes the checkpoint (safetensors + JSON metadata) to the config's ``output`` and the full
 metrics (training history, test metrics per noise level, calibration, OOD, baselines) next to it

@@ -5,7 +5,7 @@
 - :mod:`.physics`: the spectrum model (edge, white line, pre-edge, FEFF6L-based EXAFS-like sum);
 - :mod:`.pipeline`: raw-like acquisition and the engine's normalization onto the model grid;
 - :mod:`.sampler`: plausible sites per element, mixed-valence pairs, and the recipe
-  (``configs/simulate/*.yaml``);
+  (``spt_stream/configs/simulate/*.yaml``);
 - :mod:`.generate`: deterministic parallel generation of a
   :class:`~spt_stream.datasets.SpectraDataset`;
 - :mod:`.calibrate`: fitting global parameters to measured references (``references``).

@@ -215,7 +215,7 @@ def generate_dataset(
 
     Saved with :func:`spt_stream.datasets.save_dataset` when ``out`` is given. Each row is its
     own structure (``groups = row index``). ``params`` defaults to the recipe's physics file
-    (``configs/simulate/calibrated.yaml``) or the built-in defaults. With
+    (``spt_stream/configs/simulate/calibrated.yaml``) or the built-in defaults. With
     ``recipe.mixture_prob > 0`` some rows are mixed-valence samples whose labels are site averages
     (fractional ``os``, ``cn``, ...; see :mod:`spt_stream.simulate.descriptors`).
     """

@@ -3,8 +3,8 @@
 :data:`SITE_CATALOGUE` lists which oxidation-state / coordination combinations exist for each 3d
 element (e.g. Co2+ Td/Oh, Co3+ Oh, Mn7+ Td, Cr6+ Td, Cu+ linear, Zn2+ Td), with relative weights;
 metals (OS 0) use the element's own lattice (bcc Fe/Cr/V/Mn-like, fcc Ni/Cu, hcp Ti/Co/Zn). A
-:class:`Recipe` (from ``configs/simulate/*.yaml``) weights elements and ligands and sets the
-distortion, second-shell and augmentation ranges.
+:class:`Recipe` (from ``spt_stream/configs/simulate/*.yaml``) weights elements and ligands and
+sets the distortion, second-shell and augmentation ranges.
 
 Mixed-valence samples (``Recipe.mixture_prob``): with that probability a sample is two sites of
 the SAME element in ADJACENT oxidation states of the catalogue, from :data:`MIXED_VALENCE` (every

@@ -59,7 +59,7 @@ def soft_class_targets(
         vals = sorted(set(np.round(y[outside], 4).tolist()))
         raise SptValueError(
             f"descriptor {name!r}: label values {vals[:10]} lie outside its classes "
-            f"{cv.tolist()} (configs/descriptors.yaml)"
+            f"{cv.tolist()} (spt_stream/configs/descriptors.yaml)"
         )
     y = np.clip(y, cv[0], cv[-1])
     hi = np.clip(np.searchsorted(cv, y, side="left"), 1, len(cv) - 1)  # c[hi-1] <= y <= c[hi]
