@@ -11,7 +11,7 @@ single-partition topic, then times reading the whole backlog from offset 0 with
 * ``decode + assembly``: the source feeding :class:`spt_stream.ingest.DocumentIngest`
   (frames counted; every event must become a frame).
 
-It also times :func:`spt_stream.consumers.wire.decode_document` alone on the encoded messages
+It also times :func:`spt_stream.wire.decode_document` alone on the encoded messages
 (no Kafka). Wall time is from the first poll to the stop document; CPU time is this process's
 (all threads, including kafka-python's IO thread). Best of ``--repeat``.
 
@@ -36,9 +36,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from spt_stream.broker import LocalBroker, create_topic
 from spt_stream.config import KafkaSettings
 from spt_stream.consumers.kafka import KafkaDocumentSource
-from spt_stream.consumers.wire import decode_document, encode_document
 from spt_stream.errors import SptError
 from spt_stream.protocols import Position
+from spt_stream.wire import decode_document, encode_document
 
 TOPIC = "bench.bluesky.runengine.documents"
 

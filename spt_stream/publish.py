@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from spt_stream.config import KafkaSettings
-from spt_stream.consumers.wire import encode_document
 from spt_stream.errors import BrokerError
+from spt_stream.wire import encode_document
 
 __all__ = ["KafkaDocumentPublisher"]
 

@@ -19,8 +19,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from spt_stream.consumers.wire import encode_document
 from spt_stream.grid import edge_energy
+from spt_stream.wire import encode_document
 from tests._spectra_docs import _endmembers
 
 __all__ = ["CATEGORIES", "Case", "generate_cases"]

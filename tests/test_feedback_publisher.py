@@ -211,7 +211,7 @@ def test_stop_waits_for_tiled(kafka_bootstrap: str, kafka_topic: str, tiled_serv
     seen_at_stop: dict[str, Any] = {}
 
     def agent() -> None:  # acts on the stop document, like a bluesky-adaptive 0.x agent
-        from spt_stream.consumers.wire import decode_document
+        from spt_stream.wire import decode_document
 
         docs = [decode_document(r.value) for r in read_topic(kafka_bootstrap, kafka_topic, 8)]
         if docs and docs[-1][0] == "stop":

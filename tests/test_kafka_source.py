@@ -20,9 +20,9 @@ from kafka import KafkaProducer
 from spt_stream.broker import LocalBroker, create_topic, find_free_port
 from spt_stream.config import KafkaSettings
 from spt_stream.consumers.kafka import KafkaDocumentSource, install_stop_signals
-from spt_stream.consumers.wire import encode_document
 from spt_stream.errors import ConfigError, DecodeError, SptError
 from spt_stream.protocols import DocumentHandler, Position
+from spt_stream.wire import encode_document
 
 pytestmark = pytest.mark.kafka
 

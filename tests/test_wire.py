@@ -1,4 +1,4 @@
-"""The bluesky-kafka wire format (spt_stream.consumers.wire): compatibility and hostile input."""
+"""The bluesky-kafka wire format (spt_stream.wire): compatibility and hostile input."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from event_model import compose_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spt_stream.consumers.wire import DOCUMENT_NAMES, decode_document, encode_document
 from spt_stream.errors import DecodeError, SptValueError
+from spt_stream.wire import DOCUMENT_NAMES, decode_document, encode_document
 
 
 def _run_documents() -> list[tuple[str, dict[str, Any]]]:

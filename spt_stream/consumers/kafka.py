@@ -2,7 +2,7 @@
 
 :class:`KafkaDocumentSource` reads one or more topics (names, or regular expressions starting with
 ``^``), either as a member of a consumer group or with an explicit partition assignment, decodes
-each message with :func:`spt_stream.consumers.wire.decode_document` and hands it to a
+each message with :func:`spt_stream.wire.decode_document` and hands it to a
 :class:`~spt_stream.protocols.DocumentHandler`. A message that cannot be decoded goes to
 ``handler.reject`` with its position; it never stops the loop.
 
@@ -45,9 +45,9 @@ except ImportError:  # pragma: no cover - kafka-python 2.x creates no IO thread 
     KafkaNetClient = None
 
 from spt_stream.config import KafkaSettings
-from spt_stream.consumers.wire import decode_document
 from spt_stream.errors import BrokerError, ConfigError, DecodeError, SptError
 from spt_stream.protocols import DocumentHandler, Position
+from spt_stream.wire import decode_document
 
 __all__ = ["KafkaDocumentSource", "SourceStats", "install_stop_signals"]
 

@@ -39,7 +39,6 @@ from typing import Any, Literal
 import event_model
 
 from spt_stream.config import KafkaSettings
-from spt_stream.consumers.wire import encode_document
 from spt_stream.errors import BrokerError, SinkError, SptValueError
 from spt_stream.feedback.derived import (
     FrameColumns,
@@ -49,6 +48,7 @@ from spt_stream.feedback.derived import (
     frame_messages,
 )
 from spt_stream.sinks.rows import TraceRows
+from spt_stream.wire import encode_document
 
 __all__ = ["PURPOSE", "FeedbackPublisher"]
 
