@@ -47,10 +47,11 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +71,7 @@ from zarr.storage import LocalStore
 
 from spt_stream._version import __version__
 from spt_stream.errors import SinkError, SptError
+from spt_stream.sinks import zarr_meta
 from spt_stream.sinks.rows import AnyArray, TraceRows
 
 if TYPE_CHECKING:
@@ -258,10 +260,17 @@ class RunStats:
 
 @dataclass(slots=True, eq=False)
 class _Var:
-    array: zarr.Array[Any]
+    """One stored array of a run: either written by the writer itself from its ``zarr.json``
+    document (``doc``, the fast path of :mod:`spt_stream.sinks.zarr_meta`) or, for a layout the
+    writer does not write itself, through Zarr's public API (``array``)."""
+
+    name: str
     dtype: np.dtype[Any]
     fill: Any
+    shape: tuple[int, ...]
     dim: str | None = None  # second dimension of a 2-D column
+    array: zarr.Array[Any] | None = None
+    doc: dict[str, Any] | None = None
     #: Committed rows of the current partial chunk: rows [n_rows - n_rows % B, n_rows).
     tail: AnyArray = field(default_factory=lambda: np.empty(0))
     #: Encoder of one whole chunk to the bytes of its file and the chunk's rows, when the array
@@ -271,13 +280,23 @@ class _Var:
     chunk_rows: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        found = _chunk_encoder(self.array)
-        if found is not None:
-            self.encode, self.chunk_rows = found
+        if self.doc is not None:
+            self.encode = zarr_meta.chunk_encoder(self.doc)
+            self.chunk_rows = int(self.doc["chunk_grid"]["configuration"]["chunk_shape"][0])
+        elif self.array is not None:
+            found = _chunk_encoder(self.array)
+            if found is not None:
+                self.encode, self.chunk_rows = found
 
     @property
     def row_shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape[1:])
+        return self.shape[1:]
+
+    def chunk_key(self, indices: tuple[int, ...]) -> str:
+        if self.array is not None:
+            key: str = self.array.metadata.encode_chunk_key(indices)
+            return key
+        return zarr_meta.chunk_key(indices)
 
 
 @dataclass(slots=True, eq=False)
@@ -285,7 +304,8 @@ class _Run:
     run_uid: str
     path: Path
     store: _SyncingLocalStore
-    group: zarr.Group
+    #: None on the fast path (the writer writes the group's documents itself).
+    group: zarr.Group | None
     attrs: dict[str, Any]
     n_rows: int
     capacity: int
@@ -294,6 +314,8 @@ class _Run:
     coords: dict[str, AnyArray]
     #: Rows per chunk / growth step of this store (fixed when it was created).
     block: int = 256
+    #: Documents of the coordinate arrays (fast path; needed to consolidate).
+    coord_docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     written: int = 0
     duplicates: int = 0
     #: The store was finalized before and has taken new rows since reopening.
@@ -314,16 +336,31 @@ class ZarrTraceWriter:
     fsync:
         When True, :meth:`flush` fsyncs every file written since the previous flush (durable
         against power loss). Written data survives a crash of this process either way.
+    fast_metadata:
+        Write the stores' Zarr metadata documents directly (:mod:`~spt_stream.sinks.zarr_meta`,
+        byte for byte Zarr's) instead of through Zarr's node API. None (default): when the
+        installed Zarr is a release those documents were checked against; False: always Zarr's
+        public API (the reference path).
 
     Not thread-safe: call it from one thread (the engine's sink stage).
     """
 
-    def __init__(self, root: Path, *, block_rows: int = 256, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        block_rows: int = 256,
+        fsync: bool = True,
+        fast_metadata: bool | None = None,
+    ) -> None:
         if block_rows < 1:
             raise SinkError(f"block_rows must be >= 1, got {block_rows}")
         self.root = Path(root)
         self.block_rows = int(block_rows)
         self.fsync = fsync
+        self.fast_metadata = (
+            zarr_meta.fast_path_available() if fast_metadata is None else bool(fast_metadata)
+        )
         self._runs: dict[str, _Run] = {}
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -397,20 +434,11 @@ class ZarrTraceWriter:
 
         def _finish() -> None:
             n = run.n_rows
-            _gather(
-                *(
-                    v.array.async_array.resize((n, *v.row_shape))
-                    for v in run.vars.values()
-                    if v.array.shape[0] != n
-                )
-            )
+            self._resize(run, run.vars.values(), n)
             run.capacity = n
             now = _now_iso()
             run.attrs.update(status=status, n_rows=n, updated=now, finalized=now)
-            run.group.update_attributes(run.attrs)
-            with warnings.catch_warnings():  # "not part of the v3 spec": known, intended
-                warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-                zarr.consolidate_metadata(run.store)
+            self._write_group(run, consolidate=True)
             if self.fsync:
                 run.store.fsync_dirty()
 
@@ -430,7 +458,9 @@ class ZarrTraceWriter:
         if rows is None or len(rows) == 0:
             return
         with tempfile.TemporaryDirectory(prefix="spt-zarr-warm-up-") as tmp:
-            scratch = ZarrTraceWriter(Path(tmp), block_rows=self.block_rows, fsync=False)
+            scratch = ZarrTraceWriter(
+                Path(tmp), block_rows=self.block_rows, fsync=False, fast_metadata=self.fast_metadata
+            )
             scratch.open_run("warm-up", {})
             scratch.write("warm-up", rows)
             scratch.finalize("warm-up", "success")
@@ -518,7 +548,13 @@ class ZarrTraceWriter:
             "spt_stream_version": __version__,
             "block_rows": self.block_rows,
         }
-        group = zarr.open_group(store=store, mode="w", zarr_format=3, attributes=attrs)
+        group: zarr.Group | None = None
+        if self.fast_metadata:
+            if path.exists():  # what a kill during creation left (no group document yet)
+                shutil.rmtree(path)
+            store.write_files([("zarr.json", zarr_meta.dumps(zarr_meta.group_document(attrs)))])
+        else:
+            group = zarr.open_group(store=store, mode="w", zarr_format=3, attributes=attrs)
         run = _Run(run_uid, path, store, group, attrs, 0, 0, set(), {}, {}, self.block_rows)
         self._create_core(run)
         return run
@@ -527,27 +563,29 @@ class ZarrTraceWriter:
         """Create the ``time`` and ``seq_num`` arrays (at the run's current capacity)."""
         b = run.block
         if "time" not in run.vars:
-            t = run.group.create_array(
+            run.vars["time"] = self._new_array(
+                run,
                 "time",
                 shape=(run.capacity,),
                 chunks=(b,),
-                dtype="float64",
-                fill_value=math.nan,
-                dimension_names=["time"],
-                attributes={"units": TIME_UNITS, "calendar": "standard", "long_name": "event time"},
+                dtype=np.dtype(np.float64),
+                fill=math.nan,
+                dims=("time",),
+                attrs={"units": TIME_UNITS, "calendar": "standard", "long_name": "event time"},
+                tail=np.empty(0),
             )
-            run.vars["time"] = _Var(t, np.dtype(np.float64), math.nan, tail=np.empty(0))
         if "seq_num" not in run.vars:
-            s = run.group.create_array(
+            run.vars["seq_num"] = self._new_array(
+                run,
                 "seq_num",
                 shape=(run.capacity,),
                 chunks=(b,),
-                dtype="int64",
-                fill_value=SEQ_FILL,
-                dimension_names=["time"],
-                attributes={"long_name": "event sequence number within the run"},
+                dtype=np.dtype(np.int64),
+                fill=SEQ_FILL,
+                dims=("time",),
+                attrs={"long_name": "event sequence number within the run"},
+                tail=np.empty(0, np.int64),
             )
-            run.vars["seq_num"] = _Var(s, np.dtype(np.int64), SEQ_FILL, tail=np.empty(0, np.int64))
 
     def _load(self, run_uid: str, path: Path, store: _SyncingLocalStore) -> _Run:
         """Reopen a store after a restart: committed rows, seq_nums, columns, partial chunk."""
@@ -562,17 +600,22 @@ class ZarrTraceWriter:
         n = _as_int(attrs.get("n_rows", 0))
         vars_: dict[str, _Var] = {}
         coords: dict[str, AnyArray] = {}
-        for name, arr in group.arrays():
+        members = 0
+        for name, arr in group.members():
+            members += 1
+            if not isinstance(arr, zarr.Array):
+                continue
             dims = tuple(getattr(arr.metadata, "dimension_names", None) or ())
             if dims and dims[0] == "time":
                 dtype = np.dtype(arr.dtype)
                 fill = SEQ_FILL if name == "seq_num" else _fill_for(dtype)
-                vars_[name] = _Var(arr, dtype, fill, dim=dims[1] if len(dims) > 1 else None)
+                dim = dims[1] if len(dims) > 1 else None
+                vars_[name] = _Var(name, dtype, fill, tuple(arr.shape), dim=dim, array=arr)
             elif len(dims) == 1:
                 coords[dims[0]] = np.asarray(arr[:])
         if n > 0 and ("time" not in vars_ or "seq_num" not in vars_):
             raise SinkError("store lacks time/seq_num arrays", run_uid=run_uid, source=str(path))
-        short = [k for k, v in vars_.items() if v.array.shape[0] < n]
+        short = [k for k, v in vars_.items() if v.shape[0] < n]
         if short:
             raise SinkError(
                 f"arrays shorter than the committed n_rows={n}: {short}",
@@ -581,18 +624,17 @@ class ZarrTraceWriter:
             )
         block = _as_int(attrs.get("block_rows", self.block_rows))
         cap = self._ceil(n, block)
-        _gather(
-            *(
-                v.array.async_array.resize((cap, *v.row_shape))
-                for v in vars_.values()
-                if v.array.shape[0] != cap
-            )
-        )
-        seqs = np.asarray(vars_["seq_num"].array[:n], dtype=np.int64).tolist() if n else []
+        seqs: list[int] = []
         tail0 = n - n % block
-        for v in vars_.values():
+        for name, v in vars_.items():
+            assert v.array is not None  # loaded through Zarr
+            if name == "seq_num" and n:
+                seqs = np.asarray(v.array[:n], dtype=np.int64).tolist()
             v.tail = np.asarray(v.array[tail0:n])
         run = _Run(run_uid, path, store, group, attrs, n, cap, set(seqs), vars_, coords, block)
+        if self.fast_metadata and len(vars_) + len(coords) == members:
+            self._to_fast(run)
+        self._resize(run, vars_.values(), cap)
         self._create_core(run)  # a kill during creation may have left them out (n == 0)
         run.reopened_final = attrs.get("status") != "open"
         log.info("reopened trace store %s with %d committed rows", path, n)
@@ -603,7 +645,7 @@ class ZarrTraceWriter:
             return  # e.g. a re-delivered start document: keep the store (and its consolidation)
         run.attrs.update(user)
         run.attrs["updated"] = _now_iso()
-        run.group.update_attributes(run.attrs)
+        self._write_group(run)
 
     def _dedupe(self, run: _Run, rows: TraceRows) -> TraceRows:
         keep = rows.unseen(run.committed)
@@ -620,16 +662,17 @@ class ZarrTraceWriter:
                 attrs: dict[str, Any] = dict(rows.attrs.get(name, {}))
                 if dtype.kind in "iu":
                     attrs["_FillValue"] = INT_FILL
-                arr = run.group.create_array(
+                run.vars[name] = self._new_array(
+                    run,
                     name,
                     shape=(run.capacity,),
                     chunks=(b,),
                     dtype=dtype,
-                    fill_value=fill,
-                    dimension_names=["time"],
-                    attributes=attrs,
+                    fill=fill,
+                    dims=("time",),
+                    attrs=attrs,
+                    tail=np.full(run.n_rows % b, fill, dtype),
                 )
-                run.vars[name] = _Var(arr, dtype, fill, tail=np.full(run.n_rows % b, fill, dtype))
             elif var.dim is not None or not np.can_cast(values.dtype, var.dtype, "same_kind"):
                 raise SinkError(
                     f"column {name!r} ({values.dtype}, 1-D) does not fit the stored "
@@ -645,17 +688,17 @@ class ZarrTraceWriter:
                 attrs = dict(rows.attrs.get(name, {}))
                 if dtype.kind in "iu":
                     attrs["_FillValue"] = INT_FILL
-                arr = run.group.create_array(
+                run.vars[name] = self._new_array(
+                    run,
                     name,
                     shape=(run.capacity, col.width),
                     chunks=(b, col.width),
                     dtype=dtype,
-                    fill_value=fill,
-                    dimension_names=["time", col.dim],
-                    attributes=attrs,
+                    fill=fill,
+                    dims=("time", col.dim),
+                    attrs=attrs,
+                    tail=np.full((run.n_rows % b, col.width), fill, dtype),
                 )
-                tail = np.full((run.n_rows % b, col.width), fill, dtype)
-                run.vars[name] = _Var(arr, dtype, fill, dim=col.dim, tail=tail)
             elif (
                 var.dim != col.dim
                 or var.row_shape != (col.width,)
@@ -678,16 +721,148 @@ class ZarrTraceWriter:
             return
         if dim in run.vars:
             raise SinkError(f"{dim!r} is a per-frame column, not a dimension", run_uid=run.run_uid)
-        arr = run.group.create_array(
-            dim,
-            shape=coord.shape,
-            chunks=coord.shape,
-            dtype=coord.dtype,
-            dimension_names=[dim],
-            attributes=dict(rows.attrs.get(dim, {})),
-        )
-        arr[:] = coord
+        attrs = dict(rows.attrs.get(dim, {}))
+        doc = None
+        if run.group is None:
+            doc = zarr_meta.array_document(
+                shape=coord.shape,
+                chunks=coord.shape,
+                dtype=coord.dtype,
+                fill_value=False if coord.dtype.kind == "b" else 0,
+                dimension_names=(dim,),
+                attributes=attrs,
+            )
+            if doc is None:  # a dtype outside the writer's layout: Zarr's API from here on
+                self._to_public(run)
+        if doc is not None:
+            encode = zarr_meta.chunk_encoder(doc)
+            run.store.write_files(
+                [
+                    (f"{dim}/zarr.json", zarr_meta.dumps(doc)),
+                    (f"{dim}/{zarr_meta.chunk_key((0,))}", encode(coord)),
+                ]
+            )
+            run.coord_docs[dim] = doc
+        else:
+            assert run.group is not None
+            arr = run.group.create_array(
+                dim,
+                shape=coord.shape,
+                chunks=coord.shape,
+                dtype=coord.dtype,
+                dimension_names=[dim],
+                attributes=attrs,
+            )
+            arr[:] = coord
         run.coords[dim] = coord.copy()
+
+    # ------------------------------------------------------------------ node operations
+    # Each has the fast path (the run's group is None: documents written by the writer,
+    # spt_stream.sinks.zarr_meta) and Zarr's public API (any other case).
+
+    def _new_array(
+        self,
+        run: _Run,
+        name: str,
+        *,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: np.dtype[Any],
+        fill: Any,
+        dims: tuple[str, ...],
+        attrs: dict[str, Any],
+        tail: AnyArray,
+    ) -> _Var:
+        dim = dims[1] if len(dims) > 1 else None
+        if run.group is None:
+            doc = zarr_meta.array_document(
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                fill_value=fill,
+                dimension_names=dims,
+                attributes=attrs,
+            )
+            if doc is not None:
+                run.store.write_files([(f"{name}/zarr.json", zarr_meta.dumps(doc))])
+                return _Var(name, np.dtype(dtype), fill, shape, dim=dim, doc=doc, tail=tail)
+            self._to_public(run)  # a dtype outside the writer's layout: Zarr's API from here on
+        assert run.group is not None
+        arr = run.group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill,
+            dimension_names=list(dims),
+            attributes=attrs,
+        )
+        return _Var(name, np.dtype(dtype), fill, shape, dim=dim, array=arr, tail=tail)
+
+    def _resize(self, run: _Run, vars_: Iterable[_Var], rows: int) -> None:
+        """Set the first-axis length of ``vars_`` (those not at it already) to ``rows``."""
+        files: list[tuple[str, bytes]] = []
+        slow: list[Coroutine[Any, Any, Any]] = []
+        for v in vars_:
+            if v.shape[0] == rows:
+                continue
+            v.shape = (rows, *v.row_shape)
+            if v.doc is not None:
+                v.doc["shape"] = list(v.shape)
+                files.append((f"{v.name}/zarr.json", zarr_meta.dumps(v.doc)))
+            else:
+                assert v.array is not None
+                slow.append(v.array.async_array.resize(v.shape))
+        run.store.write_files(files)
+        _gather(*slow)
+
+    def _write_group(self, run: _Run, *, consolidate: bool = False) -> None:
+        """Rewrite the group's attributes (the commit marker); ``consolidate``: with the
+        consolidated metadata of every array, as ``zarr.consolidate_metadata`` writes it."""
+        if run.group is None:
+            if consolidate:
+                docs: dict[str, dict[str, Any]] = dict(run.coord_docs)
+                for name, v in run.vars.items():
+                    assert v.doc is not None  # fast runs hold only documents
+                    docs[name] = v.doc
+                doc = zarr_meta.consolidated_group_document(run.attrs, docs)
+            else:
+                doc = zarr_meta.group_document(run.attrs)
+            run.store.write_files([("zarr.json", zarr_meta.dumps(doc))])
+            return
+        run.group.update_attributes(run.attrs)
+        if consolidate:
+            with warnings.catch_warnings():  # "not part of the v3 spec": known, intended
+                warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+                zarr.consolidate_metadata(run.store)
+
+    def _to_fast(self, run: _Run) -> None:
+        """Move a reopened run to the fast path when every member of its store has the writer's
+        layout (a store this writer created); otherwise it stays on Zarr's API."""
+        docs: dict[str, dict[str, Any]] = {}
+        for name in [*run.vars, *run.coords]:
+            try:
+                doc = json.loads((run.path / name / "zarr.json").read_bytes())
+            except (OSError, ValueError):
+                return
+            if not isinstance(doc, dict) or not zarr_meta.is_writer_layout(doc):
+                return
+            docs[name] = doc
+        for name, v in list(run.vars.items()):
+            fresh = _Var(name, v.dtype, v.fill, v.shape, dim=v.dim, doc=docs[name], tail=v.tail)
+            run.vars[name] = fresh
+        run.coord_docs = {name: docs[name] for name in run.coords}
+        run.group = None
+
+    def _to_public(self, run: _Run) -> None:
+        """Continue a fast run through Zarr's API (an array the documents do not cover)."""
+        group = zarr.open_group(store=run.store, mode="r+", zarr_format=3, use_consolidated=False)
+        for name, v in run.vars.items():
+            arr = group[name]
+            assert isinstance(arr, zarr.Array)
+            v.array, v.doc = arr, None
+        run.coord_docs = {}
+        run.group = group
 
     def _append(self, run: _Run, rows: TraceRows) -> None:
         self._ensure_vars(run, rows)
@@ -700,7 +875,7 @@ class ZarrTraceWriter:
             # next block: each growth rewrites every array's metadata.
             step = min(max(run.capacity // 2, b), _MAX_GROWTH_BLOCKS * b)
             cap = self._ceil(max(end, run.capacity + step), b)
-            _gather(*(v.array.async_array.resize((cap, *v.row_shape)) for v in run.vars.values()))
+            self._resize(run, run.vars.values(), cap)
             run.capacity = cap
         start = n0 - n0 % b  # first row of the first chunk touched
         values: dict[str, AnyArray | None] = {"time": rows.time, "seq_num": rows.seq_num}
@@ -719,13 +894,12 @@ class ZarrTraceWriter:
         for name, buf in buffers.items():
             var = run.vars[name]
             if var.encode is None or var.chunk_rows != b:
+                assert var.array is not None  # only arrays of another layout lack an encoder
                 slow.append(var.array.async_array.setitem(slice(start, end), buf))
                 continue
             for c0 in range(0, end - start, b):
-                key = var.array.metadata.encode_chunk_key(
-                    ((start + c0) // b, *(0 for _ in var.row_shape))
-                )
-                files.append((f"{var.array.path}/{key}", var.encode(buf[c0 : c0 + b])))
+                key = var.chunk_key(((start + c0) // b, *(0 for _ in var.row_shape)))
+                files.append((f"{name}/{key}", var.encode(buf[c0 : c0 + b])))
         run.store.write_files(files)
         _gather(*slow)
         # Commit marker, last: one atomic rewrite of the group's zarr.json.
@@ -733,7 +907,7 @@ class ZarrTraceWriter:
         run.attrs.update(n_rows=n1, updated=now)
         if run.reopened_final:
             run.attrs.update(status="open", finalized=None)
-        run.group.update_attributes(run.attrs)
+        self._write_group(run)
         run.reopened_final = False
         run.n_rows = n1
         run.committed.update(rows.seq_num.tolist())
