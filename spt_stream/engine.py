@@ -46,7 +46,7 @@ from spt_stream.frames import Frame, RunInfo
 from spt_stream.ingest import DocumentIngest
 from spt_stream.metrics import EngineMetrics, sink_queues
 from spt_stream.normalize import NormParams, normalize_frames
-from spt_stream.normalize.frames import NormalizedBatch
+from spt_stream.normalize.frames_to_grid import NormalizedBatch
 from spt_stream.offsets import OffsetTracker, TopicPartition
 from spt_stream.protocols import Position
 from spt_stream.sinks.base import TraceSink

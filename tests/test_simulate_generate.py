@@ -115,10 +115,10 @@ def test_mixture_labels_are_weighted_means_and_spectrum_the_weighted_sum() -> No
     """draw_sample (the per-row step of generation): every label is the weight-averaged site
     label (os = (1 - w) OS_low + w OS_high, fractional), and the fine spectrum is
     sum_i w_i * site spectrum_i."""
-    from spt_stream.simulate.descriptors import describe
     from spt_stream.simulate.generate import draw_sample
     from spt_stream.simulate.physics import site_spectrum
     from spt_stream.simulate.pipeline import FINE_REL
+    from spt_stream.simulate.site_descriptors import describe
 
     rng = np.random.default_rng(11)
     for _ in range(6):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from spt_stream.errors import ConfigError, SptValueError
-from spt_stream.simulate.descriptors import LABEL_NAMES, describe
 from spt_stream.simulate.environment import BV_B, SiteSpec, bond_valence_r0, build_environment
 from spt_stream.simulate.sampler import Recipe, load_recipe, sample_site
+from spt_stream.simulate.site_descriptors import LABEL_NAMES, describe
 
 
 def _bvs(spec: SiteSpec) -> float:

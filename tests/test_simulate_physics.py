@@ -174,9 +174,9 @@ def test_d10_ions_have_no_pre_edge() -> None:
 def test_glass_sites_have_low_broad_coordination_and_their_cn_label_follows_the_shell() -> None:
     from dataclasses import replace as dc_replace
 
-    from spt_stream.simulate.descriptors import describe
     from spt_stream.simulate.environment import build_environment
     from spt_stream.simulate.sampler import Recipe, sample_site
+    from spt_stream.simulate.site_descriptors import describe
 
     recipe = dc_replace(Recipe(elements={"Fe": 1.0}, metal_weight=0.0), glass_prob=1.0)
     rng = np.random.default_rng(5)

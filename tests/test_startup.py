@@ -22,7 +22,7 @@ from spt_stream.classical import features
 from spt_stream.config import load_settings
 from spt_stream.engine import Engine
 from spt_stream.grid import edge_energy
-from spt_stream.normalize import _core, _grid
+from spt_stream.normalize import _core, _energy_axis
 from spt_stream.runtime import ModelRunner, build_pipeline
 from spt_stream.sinks.rows import TraceRows
 from spt_stream.sinks.threaded import ThreadedSink
@@ -40,7 +40,7 @@ def _cold_caches() -> None:
     edge_energy.cache_clear()
     features._plan.cache_clear()
     _core._plan_cached.cache_clear()
-    _grid._smoothing_matrix_cached.cache_clear()
+    _energy_axis._smoothing_matrix_cached.cache_clear()
 
 
 def _misses() -> dict[str, int]:

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from spt_stream.normalize._grid import index_nearest, index_of
+from spt_stream.normalize._energy_axis import index_nearest, index_of
 from spt_stream.normalize.params import NormParams
 
 FloatArray = npt.NDArray[np.float64]

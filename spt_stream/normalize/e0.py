@@ -26,7 +26,12 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from spt_stream.normalize._grid import clamp_step, larch_estep, smoothing_matrix, smoothing_plan
+from spt_stream.normalize._energy_axis import (
+    clamp_step,
+    larch_estep,
+    smoothing_matrix,
+    smoothing_plan,
+)
 from spt_stream.normalize.params import E0Mode, NormParams
 
 FloatArray = npt.NDArray[np.float64]
@@ -47,7 +52,7 @@ MATRIX_SMOOTHING_MAX_POINTS = 1024
 
 
 def _smooth(x: FloatArray, y: FloatArray, xstep: float) -> FloatArray:
-    """Larch's Lorentzian smoothing of rows ``y`` on grid ``x`` (see :mod:`._grid`)."""
+    """Larch's Lorentzian smoothing of rows ``y`` on grid ``x`` (see :mod:`._energy_axis`)."""
     if x.shape[0] <= MATRIX_SMOOTHING_MAX_POINTS:
         out: FloatArray = y @ smoothing_matrix(x, xstep)
         return out

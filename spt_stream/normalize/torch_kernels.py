@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from spt_stream.normalize._grid import clamp_step, larch_estep, smoothing_matrix
+from spt_stream.normalize._energy_axis import clamp_step, larch_estep, smoothing_matrix
 from spt_stream.normalize.flags import MAX_NONFINITE_FRACTION, SATURATION_MIN_POINTS, QualityFlag
 from spt_stream.normalize.kernels import check_grid
 from spt_stream.normalize.params import E0Mode, NormParams
@@ -94,7 +94,7 @@ def _pick_max(dmu: Tensor) -> Tensor:
 def _smoother(
     key: bytes, lo: int, hi: int, estep: float, device: str, dtype: torch.dtype
 ) -> Tensor:
-    """The cached smoothing matrix (see :func:`~spt_stream.normalize._grid.smoothing_matrix`)
+    """The cached smoothing matrix (see :func:`~spt_stream.normalize._energy_axis.smoothing_matrix`)
     for ``energy[lo:hi]`` as a tensor on ``device``."""
     energy = np.frombuffer(key, dtype=np.float64)
     matrix = smoothing_matrix(energy[lo:hi], estep).copy()

@@ -13,7 +13,6 @@
 Pure numpy/scipy at run time (larch only rebuilds the cached FEFF table, :mod:`.feff_tables`).
 """
 
-from spt_stream.simulate.descriptors import LABEL_NAMES, describe, describe_mixture
 from spt_stream.simulate.environment import LocalEnvironment, SiteSpec, build_environment
 from spt_stream.simulate.generate import SampleDraw, draw_sample, generate_arrays, generate_dataset
 from spt_stream.simulate.physics import PhysicsParams, site_spectrum
@@ -25,6 +24,7 @@ from spt_stream.simulate.sampler import (
     sample_site,
     sample_sites,
 )
+from spt_stream.simulate.site_descriptors import LABEL_NAMES, describe, describe_mixture
 
 __all__ = [
     "LABEL_NAMES",

@@ -9,7 +9,7 @@ measurement grids -> the engine's normalization -> model grid.
 A mixed-valence sample (``recipe.mixture_prob``, :func:`~spt_stream.simulate.sampler.sample_sites`)
 is two sites of one element: its fine spectrum is the weighted sum of the site spectra (same
 physics draw and acquisition), its labels the weighted site averages
-(:func:`~spt_stream.simulate.descriptors.describe_mixture`); ``provenance["mixture_rows"]``
+(:func:`~spt_stream.simulate.site_descriptors.describe_mixture`); ``provenance["mixture_rows"]``
 counts them.
 """
 
@@ -25,7 +25,6 @@ import numpy as np
 
 from spt_stream.frames import FloatArray
 from spt_stream.grid import MODEL_GRID_REL, edge_energy
-from spt_stream.simulate.descriptors import LABEL_NAMES, describe_mixture
 from spt_stream.simulate.environment import LocalEnvironment, build_environment
 from spt_stream.simulate.physics import PhysicsParams
 from spt_stream.simulate.pipeline import (
@@ -37,6 +36,7 @@ from spt_stream.simulate.pipeline import (
     sample_acquisition,
 )
 from spt_stream.simulate.sampler import Recipe, sample_sites
+from spt_stream.simulate.site_descriptors import LABEL_NAMES, describe_mixture
 
 __all__ = [
     "ChunkResult",
@@ -57,7 +57,7 @@ class SampleDraw:
 
     envs: tuple[LocalEnvironment, ...]
     weights: tuple[float, ...]
-    #: Site-averaged labels (:func:`~spt_stream.simulate.descriptors.describe_mixture`).
+    #: Site-averaged labels (:func:`~spt_stream.simulate.site_descriptors.describe_mixture`).
     labels: dict[str, float]
     #: The physics parameters after this sample's jitter.
     params: PhysicsParams
@@ -217,7 +217,7 @@ def generate_dataset(
     own structure (``groups = row index``). ``params`` defaults to the recipe's physics file
     (``spt_stream/configs/simulate/calibrated.yaml``) or the built-in defaults. With
     ``recipe.mixture_prob > 0`` some rows are mixed-valence samples whose labels are site averages
-    (fractional ``os``, ``cn``, ...; see :mod:`spt_stream.simulate.descriptors`).
+    (fractional ``os``, ``cn``, ...; see :mod:`spt_stream.simulate.site_descriptors`).
     """
     from spt_stream.datasets import SpectraDataset, save_dataset
     from spt_stream.simulate.calibrate import load_params

@@ -14,6 +14,9 @@ with the SITE AVERAGE of every descriptor (:func:`describe_mixture`): ``os`` bec
 w = 0.5 has cn 5.0) and the structural ones (``nnrs`` is the weighted mean of the per-site bond
 spreads, not the spread of the pooled bonds). A descriptor undefined on one site (``mood``) is
 undefined (NaN) for the mixture.
+
+These are the simulator's labels; which of them the model predicts, and how, is the descriptor
+schema (:mod:`spt_stream.descriptors`).
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from spt_stream.errors import NormalizationError, SptValueError
 from spt_stream.frames import Frame
 from spt_stream.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.normalize.flags import EDGE_MISMATCH_EV, QualityFlag
-from spt_stream.normalize.grid_ops import calibration_shift, resample_to_model_grid
 from spt_stream.normalize.kernels import normalize_batch
 from spt_stream.normalize.params import NormParams
+from spt_stream.normalize.resample import calibration_shift, resample_to_model_grid
 
 FloatArray = npt.NDArray[np.float64]
 
