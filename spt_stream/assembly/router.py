@@ -224,7 +224,7 @@ class FrameAssembler:
                 "event data is not a mapping", "bad_field", run_uid=run_uid, seq_num=seq_num_of(doc)
             )
         try:
-            self._router.event(doc)
+            self._router("event", doc)  # the public entry point: pages what the fast path does not
         except EventModelError as exc:
             raise self._fill_error(exc, run_uid, seq_num_of(doc)) from None
 
@@ -237,7 +237,7 @@ class FrameAssembler:
         self._runs[run_uid].last_active = time.monotonic()
         _check_page(doc, run_uid)
         try:
-            self._router.event_page(doc)
+            self._router("event_page", doc)
         except EventModelError as exc:
             raise self._fill_error(exc, run_uid, None) from None
 

@@ -20,8 +20,9 @@ import logging
 import time
 from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+import event_model
 import numpy as np
 from event_model import DocumentRouter, Filler, RunRouter, unpack_event_page
 
@@ -48,7 +49,14 @@ from spt_stream.frames import Frame, RunInfo
 if TYPE_CHECKING:
     from spt_stream.assembly.router import FrameAssembler
 
-__all__ = ["CallbackError", "RunAssembler", "SptRunRouter", "doc_error", "seq_num_of"]
+__all__ = [
+    "TESTED_EVENT_MODEL",
+    "CallbackError",
+    "RunAssembler",
+    "SptRunRouter",
+    "doc_error",
+    "seq_num_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +90,50 @@ def _scalar(value: Any, what: str) -> float:
     )
 
 
+#: event-model releases (major, minor) whose RunRouter internals the fast path below was checked
+#: against (tests/test_assembly_router_adapter.py); pinned in pyproject.toml.
+TESTED_EVENT_MODEL: Final = ((1, 22), (1, 23), (1, 24))
+#: The RunRouter attributes the fast path reads (private to event-model).
+_ROUTER_INTERNALS: Final = (
+    "_fillers",
+    "_descriptor_to_start",
+    "_factory_cbs_by_descriptor",
+    "_subfactory_cbs_by_descriptor",
+    "_start_to_descriptors",
+    "_resources",
+    "_stream_resources",
+)
+
+
+def _event_model_tested() -> bool:
+    try:
+        major, minor = (int(p) for p in event_model.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return False
+    return (major, minor) in TESTED_EVENT_MODEL
+
+
 class SptRunRouter(RunRouter):
     """event-model's RunRouter, passing plain events straight to the run's callbacks.
 
     RunRouter itself turns every ``event`` into a one-event page, fills it and unpacks it again;
     at >20k events/s that round trip costs more than the assembly. Here an event whose descriptor
     has no external data keys skips the Filler entirely; others are filled event by event.
+
+    This reads RunRouter's private maps, so it is an adapter: it runs only with an event-model
+    release in :data:`TESTED_EVENT_MODEL` that has every attribute it reads; otherwise
+    (``fast`` False) every document goes through RunRouter's public handling, which gives the
+    same frames (tests/test_assembly_router_adapter.py) at the page round trip's cost.
     """
 
-    def __init__(self, factories: list[Any], handler_registry: dict[str, Any], **kw: Any) -> None:
+    def __init__(
+        self,
+        factories: list[Any],
+        handler_registry: dict[str, Any],
+        *,
+        fast: bool | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(
             factories,
             handler_registry,
@@ -98,31 +141,45 @@ class SptRunRouter(RunRouter):
             fill_or_fail=True,
             **kw,
         )
+        available = _event_model_tested() and all(hasattr(self, a) for a in _ROUTER_INTERNALS)
+        self.fast = available if fast is None else bool(fast) and available
         self._external: dict[str, bool] = {}
 
     def descriptor(self, descriptor_doc: Any) -> None:
         super().descriptor(descriptor_doc)
-        self._external[descriptor_doc["uid"]] = any(
-            "external" in dk for dk in descriptor_doc["data_keys"].values()
-        )
+        if self.fast:
+            self._external[descriptor_doc["uid"]] = any(
+                "external" in dk for dk in descriptor_doc["data_keys"].values()
+            )
 
     def event(self, doc: Any) -> Any:
+        if not self.fast:
+            return super().event(doc)
         uid = doc["descriptor"]
         if self._external[uid]:
             doc = self._fillers[self._descriptor_to_start[uid]].event(doc)
         for callback in self._factory_cbs_by_descriptor[uid]:
             callback("event", doc)
+        for callback in self._subfactory_cbs_by_descriptor[uid]:
+            callback("event", doc)
         return doc
 
     def event_page(self, doc: Any) -> Any:
+        if not self.fast:
+            return super().event_page(doc)
         uid = doc["descriptor"]
         if self._external[uid]:
             doc = self._fillers[self._descriptor_to_start[uid]].event_page(doc)
         for callback in self._factory_cbs_by_descriptor[uid]:
             callback("event_page", doc)
+        for callback in self._subfactory_cbs_by_descriptor[uid]:
+            callback("event_page", doc)
         return doc
 
     def stop(self, doc: Any) -> None:
+        if not self.fast:
+            super().stop(doc)
+            return
         run_uid = doc["run_start"]
         for uid in self._start_to_descriptors.get(run_uid, ()):
             self._external.pop(uid, None)
