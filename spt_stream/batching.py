@@ -98,7 +98,3 @@ class MicroBatcher(Generic[T]):
         if self._oldest is None:
             return None
         return max(0.0, self._oldest + self.max_latency_s - self._now(now))
-
-    def oldest_age(self, now: float | None = None) -> float:
-        """Seconds the oldest held item has waited (0 when empty)."""
-        return 0.0 if self._oldest is None else max(0.0, self._now(now) - self._oldest)

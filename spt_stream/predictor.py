@@ -210,10 +210,6 @@ class Predictor:
         return self._serving[0]
 
     @property
-    def _forward(self) -> Any:
-        return self._serving[1]
-
-    @property
     def compiling(self) -> bool:
         """The ``aot`` package is being compiled in the background (the eager model serves)."""
         return self.background is not None and self.background.running

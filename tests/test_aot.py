@@ -28,6 +28,11 @@ from spt_stream.sinks.zarr_trace import open_trace
 from tests._runengine import run_delithiation
 
 
+def _serving(p: Predictor) -> object:
+    """The forward callable ``p`` serves with now (the runner of its current backend)."""
+    return p._serving[1]
+
+
 @pytest.fixture(autouse=True)
 def _settings_from_files_not_the_suite_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPT_MODEL_BACKEND", raising=False)  # conftest sets eager for the suite
@@ -101,7 +106,7 @@ def test_forward_runs_without_the_interpreter_lock(compiled: Predictor) -> None:
     the same package run by torch's loader, which holds the interpreter lock for every call
     (measured: 97 % vs 18 % of the counter's pace alone)."""
     assert compiled.aot_info is not None
-    assert isinstance(compiled._forward, aot._NativeRunner)
+    assert isinstance(_serving(compiled), aot._NativeRunner)
     x = torch.rand(512, compiled.n_points)
     el = torch.full((512,), 7, dtype=torch.int64)
     loader = torch._inductor.aoti_load_package(compiled.aot_info["path"])
@@ -124,7 +129,7 @@ def test_forward_runs_without_the_interpreter_lock(compiled: Predictor) -> None:
         th.join()
         return n
 
-    assert count_beside(compiled._forward) > 2 * count_beside(loader)
+    assert count_beside(_serving(compiled)) > 2 * count_beside(loader)
 
 
 def test_damaged_package_is_rebuilt(tmp_path: Path, eager: Predictor, compiled: Predictor) -> None:
@@ -232,7 +237,7 @@ def test_torch_loader_when_the_c_interface_is_unusable(
     monkeypatch.setattr(aot._NativeRunner, "__init__", missing)
     p = Predictor.from_checkpoint(None, device="cpu", backend="aot", aot_cache_dir=cache)
     assert p.backend == "aot"
-    assert not isinstance(p._forward, aot._NativeRunner)
+    assert not isinstance(_serving(p), aot._NativeRunner)
     x, el = _inputs(eager, 5)
     assert np.allclose(p.predict(x, el).values["os"], eager.predict(x, el).values["os"], atol=1e-4)
 

@@ -24,9 +24,10 @@ import pytest
 webdriver = pytest.importorskip("selenium.webdriver")
 pytest.importorskip("uvicorn")
 
+from spt_stream.broker import find_free_port  # noqa: E402
 from spt_stream.sinks.zarr_trace import ZarrTraceWriter, open_trace  # noqa: E402
 from spt_stream.view.app import ViewOptions, create_app  # noqa: E402
-from spt_stream.view.server import ViewServer, free_port  # noqa: E402
+from spt_stream.view.server import ViewServer  # noqa: E402
 from tests._trace_rows import make_rows  # noqa: E402
 
 FAST = ViewOptions(poll_s=0.1)
@@ -209,7 +210,7 @@ def test_page_recovers_after_a_server_restart(browser: Any, tmp_path: Path) -> N
     writer = ZarrTraceWriter(root, block_rows=16, fsync=False)
     writer.open_run("restart-run", {"element": "Co", "edge": "K"})
     writer.write("restart-run", make_rows(range(1, 41)))
-    port = free_port()
+    port = find_free_port()
     server = ViewServer(create_app(root, options=FAST), port=port).start()
     try:
         browser.get(f"{server.url}#run=restart-run")

@@ -29,12 +29,12 @@ with warnings.catch_warnings():  # "use httpx2": the installed starlette's own t
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from spt_stream.broker import find_free_port
 from spt_stream.config import TiledSettings
 from spt_stream.sinks.tiled_trace import TiledTraceWriter
 from spt_stream.sinks.zarr_trace import ZarrTraceWriter
 from spt_stream.view.app import ViewOptions, create_app
 from spt_stream.view.options import start_view
-from spt_stream.view.server import free_port
 from spt_stream.view.tiled_store import TiledSource
 from tests._trace_rows import T0, expected_os, expected_potential, make_rows
 from tests.plugins.tiled import TiledServer
@@ -230,7 +230,7 @@ def test_bad_tiled_ids_get_a_clear_404(
 
 
 def test_unreachable_tiled_is_one_line_in_the_run_list(zarr_root: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    url = f"http://127.0.0.1:{find_free_port()}"  # nothing listens
     t0 = time.monotonic()
     with _client(zarr_root, TiledSource(url, "some-key", list_ttl_s=0.0)) as c:
         body = c.get("/api/runs").json()

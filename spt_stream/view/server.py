@@ -14,7 +14,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -325,10 +324,3 @@ class ViewProcess:
 
 def _secret(key: SecretStr | str | None) -> SecretStr | None:
     return SecretStr(key) if isinstance(key, str) else key
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on ``host`` now (tests restarting a server on the same port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
