@@ -79,6 +79,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: torch releases (major, minor) whose AOTInductor C interface and ``torch._C._aoti`` helpers the
+#: lock-free runner (:class:`_NativeRunner`) was checked against (tests/test_aot.py: its outputs
+#: equal torch's own loader's bit for bit). Any other release runs the package through torch's
+#: public loader (``torch._inductor.aoti_load_package``).
+TESTED_TORCH: tuple[tuple[int, int], ...] = ((2, 13),)
+
+
+def native_runner_tested() -> bool:
+    """Whether the installed torch is a release the ctypes runner was checked against."""
+    try:
+        major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) in TESTED_TORCH
+
+
 AotForward = Callable[[Tensor, Tensor], tuple[Tensor, ...]]
 
 
@@ -240,13 +256,18 @@ def _library(package: Path) -> Path:
 
 
 def _load(path: Path) -> AotForward:
-    """The package as a callable: the ctypes runner, else torch's loader (holds the lock)."""
-    try:
-        runner = _NativeRunner(_library(path))
-    except (OSError, AttributeError, ModelError, zipfile.BadZipFile) as exc:
-        log.info("compiled model: torch's loader instead of the lock-free runner (%s)", exc)
+    """The package as a callable: the ctypes runner on a tested torch, else torch's public
+    loader (which holds the interpreter lock for the call)."""
+    if not native_runner_tested():
+        log.info("compiled model: torch's loader (torch %s is not a release the lock-free "
+                 "runner was checked against: %s)", torch.__version__, TESTED_TORCH)  # fmt: skip
     else:
-        return runner
+        try:
+            runner = _NativeRunner(_library(path))
+        except (OSError, AttributeError, ModelError, zipfile.BadZipFile) as exc:
+            log.info("compiled model: torch's loader instead of the lock-free runner (%s)", exc)
+        else:
+            return runner
     loaded: Any = torch._inductor.aoti_load_package(str(path))
 
     def forward(x: Tensor, element: Tensor) -> tuple[Tensor, ...]:

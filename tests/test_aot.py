@@ -242,6 +242,37 @@ def test_torch_loader_when_the_c_interface_is_unusable(
     assert np.allclose(p.predict(x, el).values["os"], eager.predict(x, el).values["os"], atol=1e-4)
 
 
+def test_native_runner_equals_torch_loader_bit_for_bit(
+    compiled: Predictor, eager: Predictor
+) -> None:
+    """The lock-free runner (ctypes on the package's C interface, torch internals) and torch's
+    public loader run the same package to the same bits; the runner is used only on a torch
+    release it was checked against, otherwise the public loader."""
+    assert compiled.aot_info is not None
+    package = Path(compiled.aot_info["path"])
+    native = aot._NativeRunner(aot._library(package))
+    public = torch._inductor.aoti_load_package(str(package))
+    x, el = _inputs(eager, 7)
+    xt = torch.from_numpy(x)
+    codes = torch.from_numpy(eager.element_indices(el))
+    with torch.no_grad():
+        ours, theirs = native(xt, codes), tuple(public(xt, codes))
+    assert len(ours) == len(theirs) > 0
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    assert aot.native_runner_tested()
+
+
+def test_untested_torch_release_uses_the_public_loader(
+    monkeypatch: pytest.MonkeyPatch, compiled: Predictor
+) -> None:
+    assert compiled.aot_info is not None
+    monkeypatch.setattr(torch, "__version__", "2.99.0")
+    assert not aot.native_runner_tested()
+    forward = aot._load(Path(compiled.aot_info["path"]))
+    assert not isinstance(forward, aot._NativeRunner)
+
+
 def test_compile_model_command_uses_the_engines_cache(
     monkeypatch: pytest.MonkeyPatch, cache: Path, compiled: Predictor, tmp_path: Path
 ) -> None:
