@@ -41,7 +41,7 @@ from spt_stream.batching import MicroBatcher
 from spt_stream.classical.tracking import ClassicalStage, load_reference_run
 from spt_stream.config import EngineSettings
 from spt_stream.deadletter import DeadLetterSink
-from spt_stream.errors import SptError
+from spt_stream.errors import SinkTimeoutError, SptError
 from spt_stream.frames import Frame, RunInfo
 from spt_stream.ingest import DocumentIngest
 from spt_stream.metrics import EngineMetrics, sink_queues
@@ -443,7 +443,7 @@ class Engine:
             for sink in self.sinks:
                 sink.flush(30.0)
         except SptError as exc:
-            job.retry = exc.detail.get("reason") == "timeout"
+            job.retry = isinstance(exc, SinkTimeoutError)
             level = logging.WARNING if job.retry else logging.ERROR
             log.log(level, "not committing offsets: a sink could not flush: %s", exc)
             return

@@ -22,6 +22,7 @@ __all__ = [
     "NormalizationError",
     "ReaderError",
     "SinkError",
+    "SinkTimeoutError",
     "SourceError",
     "SptError",
     "SptValueError",
@@ -147,6 +148,11 @@ class CheckpointError(ModelError):
 
 class SinkError(SptError, OSError):
     """A sink (Zarr, Tiled, feedback topic, dead-letter store) failed to write."""
+
+
+class SinkTimeoutError(SinkError, TimeoutError):
+    """A sink did not answer in time: slow, not failed (the engine keeps the offsets for a later
+    flush instead of failing)."""
 
 
 class SourceError(SptError, OSError):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spt_stream.errors import SinkError
+from spt_stream.errors import SinkError, SinkTimeoutError
 from spt_stream.sinks.rows import TraceRows
 from spt_stream.sinks.threaded import ThreadedSink, ZarrSink, _Call
 from spt_stream.sinks.zarr_trace import open_trace
@@ -94,4 +94,20 @@ def test_failure_surfaces_at_flush_then_clears() -> None:
     sink.write("r", _rows(10, 10))
     sink.flush()  # no stale error
     assert sink.stats["failures"] == 1
+    sink.close()
+
+
+def test_a_slow_sink_times_out_as_a_typed_timeout() -> None:
+    """A flush the sink thread cannot answer in time raises SinkTimeoutError (a SinkError and a
+    TimeoutError): the engine keeps the offsets for a later flush instead of failing."""
+    inner = _Recorder()
+    sink = ThreadedSink(inner, name="slow")
+    gate = threading.Event()
+    sink._put(_Call(gate.wait, Future()))  # the sink thread is busy until the gate opens
+    with pytest.raises(SinkTimeoutError, match="no answer within") as caught:
+        sink.flush(timeout=0.2)
+    assert isinstance(caught.value, SinkError)
+    assert isinstance(caught.value, TimeoutError)
+    gate.set()
+    sink.flush()
     sink.close()

@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from spt_stream.errors import SinkError, SptError
+from spt_stream.errors import SinkError, SinkTimeoutError, SptError
 from spt_stream.queues import BoundedQueue, QueueClosedError
 from spt_stream.sinks.rows import TraceRows
 
@@ -179,9 +179,7 @@ class ThreadedSink:
         try:
             result: _T = fut.result(timeout=timeout)
         except TimeoutError as exc:
-            raise SinkError(
-                f"{self.name}: no answer within {timeout} s", detail={"reason": "timeout"}
-            ) from exc
+            raise SinkTimeoutError(f"{self.name}: no answer within {timeout} s") from exc
         return result
 
     def _put(self, item: _Write | _Call) -> None:

@@ -47,7 +47,7 @@ import numpy as np
 from pydantic import SecretStr
 
 from spt_stream.config import TiledSettings
-from spt_stream.errors import SinkError, SptValueError
+from spt_stream.errors import SinkError, SinkTimeoutError, SptValueError
 from spt_stream.sinks.arrow_rows import TableLayout, merge_ranges, seq_ranges
 from spt_stream.sinks.rows import TraceRows
 
@@ -355,11 +355,10 @@ class TiledTraceWriter:
         with self._cv:
             target = self._submitted
             if not self._cv.wait_for(lambda: self._completed >= target, timeout):
-                raise SinkError(
+                raise SinkTimeoutError(
                     f"Tiled flush timed out after {timeout} s: {target - self._completed} "
                     f"operations ({self._queued_rows} rows) still queued",
                     source=self.url,
-                    detail={"reason": "timeout"},
                 )
 
     def close(self, timeout: float = 10.0) -> None:
