@@ -34,7 +34,7 @@ from typing import Any
 from spt_stream.assembly import BeamlineProfile, CallbackError, FrameAssembler
 from spt_stream.config import AssemblySettings
 from spt_stream.deadletter import DeadLetterSink, dead_letter_record
-from spt_stream.errors import DocumentError, SptError
+from spt_stream.errors import DocumentError, Reason, SptError
 from spt_stream.frames import Frame, RunInfo
 from spt_stream.protocols import Position
 
@@ -159,19 +159,19 @@ class DocumentIngest:
             if required is None:
                 counts.documents["<unknown>"] += 1
                 raise DocumentError(
-                    f"unknown document name {str(name)[:64]!r}", detail={"reason": "unknown_name"}
+                    f"unknown document name {str(name)[:64]!r}", reason=Reason.UNKNOWN_NAME
                 )
             counts.documents[name] += 1
             if not isinstance(doc, Mapping):
                 raise DocumentError(
                     f"{name} document is a {type(doc).__name__}, not a mapping",
-                    detail={"reason": "bad_field"},
+                    reason=Reason.BAD_FIELD,
                 )
             for key in required:
                 if key not in doc:
                     raise DocumentError(
                         f"{name} document lacks required field {key!r}",
-                        detail={"reason": "missing_field"},
+                        reason=Reason.MISSING_FIELD,
                     )
             if name not in _IGNORED:
                 self.assembler.position = position
@@ -187,7 +187,7 @@ class DocumentIngest:
             self._problem(
                 DocumentError(
                     f"malformed {name} document: {type(exc).__name__}: {str(exc)[:300]}",
-                    detail={"reason": "malformed"},
+                    reason=Reason.MALFORMED,
                 ),
                 name,
                 doc,
@@ -204,7 +204,7 @@ class DocumentIngest:
         """Account for input that never became a document (undecodable bytes, bad framing)."""
         self._counts.documents_seen += 1
         self._counts.rejected += 1
-        reason = str(error.detail.get("reason", "undecodable"))
+        reason = (error.reason or Reason.UNDECODABLE).value
         self._counts.rejected_by_reason[reason] += 1
         log.warning(
             "rejected input: %s [reason=%s run_uid=%s seq_num=%s at %s]",
@@ -249,7 +249,7 @@ class DocumentIngest:
     def _problem(self, err: SptError, name: Any, doc: Any, document_fault: bool) -> None:
         if document_fault:
             self._faults += 1
-        reason = str(err.detail.get("reason", type(err).__name__))
+        reason = err.reason.value if err.reason is not None else type(err).__name__
         self._counts.rejected_by_reason[reason] += 1
         run_uid = err.run_uid
         if run_uid is None:

@@ -3,10 +3,10 @@
 Conventions: energies in eV, strictly increasing; arrays returned here are float64, 1-D and
 read-only, and never alias a buffer that someone else could still change (an input array is kept
 without a copy only when it is read-only all the way down to an immutable ``bytes`` buffer, which
-is what msgpack-numpy decoding produces). Problems raise :class:`FrameError` whose
-``detail["reason"]`` is a short machine-readable code (``too_large``, ``not_numeric``,
-``bad_shape``, ``empty``, ``too_short``, ``nonfinite``, ``non_monotonic_energy``,
-``length_mismatch``).
+is what msgpack-numpy decoding produces). Problems raise :class:`FrameError` whose ``reason``
+(a :class:`~spt_stream.errors.Reason`) is a short machine-readable code (``too_large``,
+``not_numeric``, ``bad_shape``, ``empty``, ``too_short``, ``nonfinite``,
+``non_monotonic_energy``, ``length_mismatch``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from spt_stream.errors import FrameError
+from spt_stream.errors import FrameError, Reason
 from spt_stream.frames import FloatArray
 
 __all__ = [
@@ -34,8 +34,8 @@ __all__ = [
 _F64 = np.dtype(np.float64)
 
 
-def _fail(reason: str, message: str) -> FrameError:
-    return FrameError(message, detail={"reason": reason})
+def _fail(reason: Reason, message: str) -> FrameError:
+    return FrameError(message, reason=reason)
 
 
 def _immutable(arr: np.ndarray[Any, Any]) -> bool:
@@ -60,25 +60,27 @@ def as_vector(value: Any, what: str, max_points: int) -> FloatArray:
         arr = value
     elif isinstance(value, list | tuple):
         if len(value) > max_points:
-            raise _fail("too_large", f"{what} has {len(value)} points (max_points={max_points})")
+            raise _fail(
+                Reason.TOO_LARGE, f"{what} has {len(value)} points (max_points={max_points})"
+            )
         try:
             arr = np.array(value)
         except (TypeError, ValueError) as exc:
-            raise _fail("not_numeric", f"{what} is not a numeric array ({exc})") from None
+            raise _fail(Reason.NOT_NUMERIC, f"{what} is not a numeric array ({exc})") from None
         if arr.dtype.kind not in "fiu":
-            raise _fail("not_numeric", f"{what} is not a numeric array (dtype {arr.dtype})")
+            raise _fail(Reason.NOT_NUMERIC, f"{what} is not a numeric array (dtype {arr.dtype})")
         if arr.ndim != 1:
-            raise _fail("bad_shape", f"{what} has shape {list(arr.shape)}, expected 1-D")
+            raise _fail(Reason.BAD_SHAPE, f"{what} has shape {list(arr.shape)}, expected 1-D")
         return frozen(arr.astype(_F64, copy=False) if arr.dtype != _F64 else arr)
     else:
-        raise _fail("not_array", f"{what} is a {type(value).__name__}, expected a 1-D array")
+        raise _fail(Reason.NOT_ARRAY, f"{what} is a {type(value).__name__}, expected a 1-D array")
     if arr.ndim != 1:
-        raise _fail("bad_shape", f"{what} has shape {list(arr.shape)}, expected 1-D")
+        raise _fail(Reason.BAD_SHAPE, f"{what} has shape {list(arr.shape)}, expected 1-D")
     if arr.shape[0] > max_points:
-        raise _fail("too_large", f"{what} has {arr.shape[0]} points (max_points={max_points})")
+        raise _fail(Reason.TOO_LARGE, f"{what} has {arr.shape[0]} points (max_points={max_points})")
     if arr.dtype != _F64:
         if arr.dtype.kind not in "fiu":
-            raise _fail("not_numeric", f"{what} is not a numeric array (dtype {arr.dtype})")
+            raise _fail(Reason.NOT_NUMERIC, f"{what} is not a numeric array (dtype {arr.dtype})")
         return frozen(arr.astype(_F64))
     if arr.flags.writeable or not _immutable(arr):
         return frozen(arr.copy())
@@ -89,14 +91,14 @@ def check_finite(arr: FloatArray, what: str, min_points: int) -> None:
     """Require at least ``min_points`` points, all finite."""
     n = arr.shape[0]
     if n < min_points:
-        reason = "empty" if n == 0 else "too_short"
+        reason = Reason.EMPTY if n == 0 else Reason.TOO_SHORT
         raise _fail(reason, f"{what} has {n} points (min_points={min_points})")
     # A finite sum proves every value finite (NaN/inf propagate quietly); only a non-finite sum
     # (or one that overflowed) pays for the exact element-wise check.
     if not math.isfinite(arr.sum()) and not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr))
         raise _fail(
-            "nonfinite",
+            Reason.NONFINITE,
             f"{what} has {bad.size} NaN/inf values (first at index {int(bad[0])})",
         )
 
@@ -108,7 +110,7 @@ def check_energy(energy: FloatArray, what: str, min_points: int) -> None:
     if not (steps > 0).all():
         i = int(np.flatnonzero(steps <= 0)[0])
         raise _fail(
-            "non_monotonic_energy",
+            Reason.NON_MONOTONIC_ENERGY,
             f"{what} is not strictly increasing: "
             f"E[{i}]={energy[i]!r} >= E[{i + 1}]={energy[i + 1]!r}",
         )
@@ -118,7 +120,7 @@ def check_length(arr: FloatArray, n: int, what: str) -> None:
     """Require ``len(arr) == n`` (the energy grid's length)."""
     if arr.shape[0] != n:
         raise _fail(
-            "empty" if arr.shape[0] == 0 else "length_mismatch",
+            Reason.EMPTY if arr.shape[0] == 0 else Reason.LENGTH_MISMATCH,
             f"{what} has {arr.shape[0]} points but the energy grid has {n}",
         )
 
@@ -143,7 +145,7 @@ def _require_finite_result(mu: FloatArray, what: str, hint: str) -> None:
     if not np.isfinite(mu).all():
         bad = np.flatnonzero(~np.isfinite(mu))
         raise _fail(
-            "nonfinite",
+            Reason.NONFINITE,
             f"{what} is NaN/inf at {bad.size} points (first at index {int(bad[0])}; {hint})",
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spt_stream.config import PROFILE_DIR, read_yaml
-from spt_stream.errors import AssemblyError, ConfigError
+from spt_stream.errors import AssemblyError, ConfigError, Reason
 from spt_stream.frames import Mode
 
 __all__ = ["CHANNEL_ROLES", "BeamlineProfile", "RunHints", "load_profile", "parse_hints"]
@@ -139,7 +139,7 @@ def parse_hints(md: Any, *, run_uid: str) -> RunHints | None:
         raise AssemblyError(
             f"md['spt'] must be a mapping, got {type(md).__name__}",
             run_uid=run_uid,
-            detail={"reason": "bad_hints"},
+            reason=Reason.BAD_HINTS,
         )
     try:
         return RunHints.model_validate(dict(md))
@@ -148,5 +148,5 @@ def parse_hints(md: Any, *, run_uid: str) -> RunHints | None:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise AssemblyError(
-            f"md['spt'] is invalid: {problems}", run_uid=run_uid, detail={"reason": "bad_hints"}
+            f"md['spt'] is invalid: {problems}", run_uid=run_uid, reason=Reason.BAD_HINTS
         ) from exc

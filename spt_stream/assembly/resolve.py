@@ -39,7 +39,7 @@ import numpy as np
 
 from spt_stream.assembly.kernels import as_vector, check_energy, frozen
 from spt_stream.assembly.profile import BeamlineProfile, RunHints, parse_hints
-from spt_stream.errors import AssemblyError, FrameError
+from spt_stream.errors import AssemblyError, FrameError, Reason
 from spt_stream.frames import FloatArray, Mode, RunInfo
 
 __all__ = ["DescriptorPlan", "StartContext", "resolve_descriptor", "run_info", "start_context"]
@@ -152,8 +152,8 @@ class DescriptorPlan:
     scalar_keys: tuple[str, ...]
 
 
-def _fail(message: str, ctx: StartContext, reason: str) -> AssemblyError:
-    return AssemblyError(message, run_uid=ctx.run_uid, detail={"reason": reason})
+def _fail(message: str, ctx: StartContext, reason: Reason) -> AssemblyError:
+    return AssemblyError(message, run_uid=ctx.run_uid, reason=reason)
 
 
 def _classify(data_keys: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -210,13 +210,13 @@ def resolve_descriptor(
 ) -> DescriptorPlan:
     """Compile a :class:`DescriptorPlan` for a descriptor of the run's spectrum stream.
 
-    Raises :class:`AssemblyError` (``detail["reason"]``: ``unknown_key``, ``unresolved``,
+    Raises :class:`AssemblyError` (``reason``: ``unknown_key``, ``unresolved``,
     ``ambiguous``, ``bad_layout``, ``bad_grid``, ``too_large``, or a grid problem from
     :mod:`~spt_stream.assembly.kernels` such as ``non_monotonic_energy``) when it cannot say.
     """
     data_keys = descriptor.get("data_keys")
     if not isinstance(data_keys, Mapping):
-        raise _fail("descriptor has no data_keys mapping", ctx, "bad_descriptor")
+        raise _fail("descriptor has no data_keys mapping", ctx, Reason.BAD_DESCRIPTOR)
     stream = str(descriptor.get("name", "primary"))
     arrays, scalars = _classify(data_keys)
     config = _config_values(descriptor)
@@ -235,7 +235,7 @@ def resolve_descriptor(
                     f"{' nor a configuration key' if role == 'energy' else ''}"
                     f" (data keys: {sorted(map(str, data_keys))[:20]})",
                     ctx,
-                    "unknown_key",
+                    Reason.UNKNOWN_KEY,
                 )
             roles[role] = key
         if hints.names_keys:
@@ -270,7 +270,7 @@ def resolve_descriptor(
             f"(dtype={dk.get('dtype') if isinstance(dk, Mapping) else None!r}, "
             f"shape={dk.get('shape') if isinstance(dk, Mapping) else None!r})",
             ctx,
-            "bad_layout",
+            Reason.BAD_LAYOUT,
         )
     used = ["spectrum"] if mode == "mu" else ["i0", "it" if mode == "transmission" else "if"]
     if "iref" in roles and "it" in roles:
@@ -282,12 +282,14 @@ def resolve_descriptor(
                 f"{role} key {roles[role]!r} is not a "
                 f"{'1-D array' if layout == 'array' else 'scalar'} like {primary!r}",
                 ctx,
-                "bad_layout",
+                Reason.BAD_LAYOUT,
             )
     declared = _declared_points(data_keys[primary]) if layout == "array" else None
     if declared is not None and declared > max_points:
         raise _fail(
-            f"{primary!r} declares {declared} points (max_points={max_points})", ctx, "too_large"
+            f"{primary!r} declares {declared} points (max_points={max_points})",
+            ctx,
+            Reason.TOO_LARGE,
         )
 
     if "energy" not in roles:
@@ -298,7 +300,7 @@ def resolve_descriptor(
                 f"(data keys: {sorted(map(str, data_keys))[:20]}, "
                 f"configuration keys: {sorted(config)[:20]})",
                 ctx,
-                "unresolved",
+                Reason.UNRESOLVED,
             )
         roles["energy"] = energy
     energy_key: str | None = None
@@ -306,7 +308,9 @@ def resolve_descriptor(
     ekey = roles["energy"]
     if layout == "step":
         if ekey not in scalars:
-            raise _fail(f"energy key {ekey!r} is not a scalar (motor) data key", ctx, "bad_layout")
+            raise _fail(
+                f"energy key {ekey!r} is not a scalar (motor) data key", ctx, Reason.BAD_LAYOUT
+            )
         energy_key, scale = ekey, _scale(scalars[ekey])
     elif ekey in arrays:
         energy_key, scale = ekey, _scale(arrays[ekey])
@@ -319,18 +323,18 @@ def resolve_descriptor(
                 grid = frozen(grid * scale)
             check_energy(grid, f"energy grid {ekey!r}", min_points)
         except FrameError as exc:
-            reason = str(exc.detail.get("reason", "bad_grid"))
+            reason = exc.reason if exc.reason is not None else Reason.BAD_GRID
             raise _fail(f"configuration {exc.message}", ctx, reason) from None
         if declared is not None and declared != grid.shape[0]:
             raise _fail(
                 f"{primary!r} declares {declared} points but energy grid {ekey!r} has "
                 f"{grid.shape[0]}",
                 ctx,
-                "bad_grid",
+                Reason.BAD_GRID,
             )
     else:
         raise _fail(
-            f"energy key {ekey!r} is not a 1-D array or configuration key", ctx, "bad_layout"
+            f"energy key {ekey!r} is not a 1-D array or configuration key", ctx, Reason.BAD_LAYOUT
         )
 
     exclude = set(profile.exclude_scalars) if profile else set()
@@ -371,10 +375,10 @@ def _pick(role: str, keys: list[str], ctx: StartContext, required: bool) -> str 
         raise _fail(
             f"several keys look like {role!r}: {sorted(found)}; name one in md['spt']['{role}']",
             ctx,
-            "ambiguous",
+            Reason.AMBIGUOUS,
         )
     if required:
-        raise _fail(f"no key looks like {role!r}", ctx, "unresolved")
+        raise _fail(f"no key looks like {role!r}", ctx, Reason.UNRESOLVED)
     return None
 
 
@@ -396,7 +400,7 @@ def _heuristic_channels(
             f"several 1-D array keys could be the spectrum: {sorted(spectra)}; "
             "name one in md['spt']['spectrum']",
             ctx,
-            "ambiguous",
+            Reason.AMBIGUOUS,
         )
     pool = list(arrays) if _named_like("i0", list(arrays)) else list(scalars)
     i0 = _pick("i0", pool, ctx, required=False)
@@ -406,7 +410,7 @@ def _heuristic_channels(
             "I0-like channel; say it in md['spt'] or a beamline profile "
             f"(data keys: {sorted([*arrays, *scalars])[:20]})",
             ctx,
-            "unresolved",
+            Reason.UNRESOLVED,
         )
     roles["i0"] = i0
     for role in ("it", "if", "iref"):
@@ -429,12 +433,14 @@ def _mode(ctx: StartContext, roles: Mapping[str, str]) -> Mode:
             mode = "fluorescence"
         else:
             raise _fail(
-                f"I0 channel {roles.get('i0')!r} found but neither It nor If", ctx, "unresolved"
+                f"I0 channel {roles.get('i0')!r} found but neither It nor If",
+                ctx,
+                Reason.UNRESOLVED,
             )
     need = {"mu": ("spectrum",), "transmission": ("i0", "it"), "fluorescence": ("i0", "if")}[mode]
     missing = [r for r in need if r not in roles]
     if missing:
-        raise _fail(f"mode {mode!r} needs keys for {missing}", ctx, "unresolved")
+        raise _fail(f"mode {mode!r} needs keys for {missing}", ctx, Reason.UNRESOLVED)
     return mode
 
 
@@ -466,7 +472,7 @@ def _heuristic_energy(
         raise _fail(
             f"several configuration keys could be the energy grid: {sorted(candidates)}",
             ctx,
-            "ambiguous",
+            Reason.AMBIGUOUS,
         )
     return None
 

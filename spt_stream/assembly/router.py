@@ -30,7 +30,7 @@ from spt_stream.assembly.handlers import DEFAULT_HANDLERS
 from spt_stream.assembly.profile import BeamlineProfile, load_profile
 from spt_stream.assembly.run import CallbackError, RunAssembler, SptRunRouter, doc_error, seq_num_of
 from spt_stream.config import AssemblySettings
-from spt_stream.errors import DocumentError, FrameError, SptError
+from spt_stream.errors import DocumentError, FrameError, Reason, SptError
 from spt_stream.frames import Frame, RunInfo
 from spt_stream.protocols import Position
 
@@ -49,7 +49,7 @@ def _str_field(name: str, doc: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise doc_error(
             f"{name} document field {key!r} must be a non-empty string, got {type(value).__name__}",
-            "bad_field",
+            Reason.BAD_FIELD,
         )
     return value
 
@@ -132,7 +132,7 @@ class FrameAssembler:
         """Route one document. Raises :class:`DocumentError` for documents out of order."""
         method = self._dispatch.get(name)
         if method is None:
-            raise doc_error(f"unsupported document name {name!r}", "unsupported")
+            raise doc_error(f"unsupported document name {name!r}", Reason.UNSUPPORTED)
         method(doc)
 
     @property
@@ -182,7 +182,7 @@ class FrameAssembler:
         uid = _str_field("start", doc, "uid")
         if uid in self._runs or uid in self._closed:
             raise doc_error(
-                "duplicate start document (run uid already seen)", "duplicate", run_uid=uid
+                "duplicate start document (run uid already seen)", Reason.DUPLICATE, run_uid=uid
             )
         while len(self._runs) >= self.settings.max_open_runs:
             oldest = next(iter(self._runs))
@@ -195,18 +195,20 @@ class FrameAssembler:
         uid = _str_field("descriptor", doc, "uid")
         run_uid = self._open_run(doc, "descriptor", "run_start")
         if uid in self._descriptor_run or uid in self._closed:
-            raise doc_error("duplicate descriptor uid", "duplicate", run_uid=run_uid)
+            raise doc_error("duplicate descriptor uid", Reason.DUPLICATE, run_uid=run_uid)
         data_keys = doc["data_keys"]
         if not isinstance(data_keys, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Mapping) for k, v in data_keys.items()
         ):
             raise doc_error(
-                "descriptor data_keys must map names to mappings", "bad_field", run_uid=run_uid
+                "descriptor data_keys must map names to mappings", Reason.BAD_FIELD, run_uid=run_uid
             )
         if not isinstance(doc.get("name", "primary"), str) or not isinstance(
             doc.get("configuration", {}), Mapping
         ):
-            raise doc_error("descriptor name/configuration malformed", "bad_field", run_uid=run_uid)
+            raise doc_error(
+                "descriptor name/configuration malformed", Reason.BAD_FIELD, run_uid=run_uid
+            )
         self._descriptor_run[uid] = run_uid
         self._children[run_uid].append(uid)
         self._router.descriptor(doc)
@@ -221,7 +223,10 @@ class FrameAssembler:
         run.last_active = time.monotonic()
         if type(doc["data"]) is not dict and not isinstance(doc["data"], Mapping):
             raise doc_error(
-                "event data is not a mapping", "bad_field", run_uid=run_uid, seq_num=seq_num_of(doc)
+                "event data is not a mapping",
+                Reason.BAD_FIELD,
+                run_uid=run_uid,
+                seq_num=seq_num_of(doc),
             )
         try:
             self._router("event", doc)  # the public entry point: pages what the fast path does not
@@ -244,7 +249,7 @@ class FrameAssembler:
     def resource(self, doc: Any) -> None:
         uid = _str_field("resource", doc, "uid")
         if not isinstance(doc["resource_kwargs"], Mapping):
-            raise doc_error("resource_kwargs must be a mapping", "bad_field")
+            raise doc_error("resource_kwargs must be a mapping", Reason.BAD_FIELD)
         if "run_start" in doc:
             run_uid = self._open_run(doc, "resource", "run_start")
             self._children[run_uid].append(uid)
@@ -256,7 +261,7 @@ class FrameAssembler:
     def datum(self, doc: Any) -> None:
         self._known_resource(doc, "datum")
         if not isinstance(doc["datum_kwargs"], Mapping) or not isinstance(doc["datum_id"], str):
-            raise doc_error("datum_id/datum_kwargs malformed", "bad_field")
+            raise doc_error("datum_id/datum_kwargs malformed", Reason.BAD_FIELD)
         self._router("datum", doc)
 
     def datum_page(self, doc: Any) -> None:
@@ -267,7 +272,9 @@ class FrameAssembler:
             or not isinstance(kwargs, Mapping)
             or not all(isinstance(v, list) and len(v) == len(ids) for v in kwargs.values())
         ):
-            raise doc_error("datum_page columns malformed or of unequal lengths", "length_mismatch")
+            raise doc_error(
+                "datum_page columns malformed or of unequal lengths", Reason.LENGTH_MISMATCH
+            )
         self._router.datum_page(doc)
 
     def stop(self, doc: Any) -> None:
@@ -314,12 +321,16 @@ class FrameAssembler:
     def _open_run(self, doc: Mapping[str, Any], name: str, key: str) -> str:
         run_uid = doc[key]
         if type(run_uid) is not str:
-            raise doc_error(f"{name} field {key!r} must be a string", "bad_field")
+            raise doc_error(f"{name} field {key!r} must be a string", Reason.BAD_FIELD)
         if run_uid not in self._runs:
             if run_uid in self._closed:
-                raise doc_error(f"{name} for a run already closed", "closed_run", run_uid=run_uid)
+                raise doc_error(
+                    f"{name} for a run already closed", Reason.CLOSED_RUN, run_uid=run_uid
+                )
             raise doc_error(
-                f"{name} for unknown run (no start document seen)", "unknown_run", run_uid=run_uid
+                f"{name} for unknown run (no start document seen)",
+                Reason.UNKNOWN_RUN,
+                run_uid=run_uid,
             )
         return run_uid
 
@@ -328,13 +339,13 @@ class FrameAssembler:
         if closed is not None:
             return doc_error(
                 f"{name} for a run already closed",
-                "closed_run",
+                Reason.CLOSED_RUN,
                 run_uid=closed,
                 seq_num=seq_num_of(doc),
             )
         return doc_error(
             f"{name} refers to unknown descriptor {str(ref)[:80]!r} (event before its descriptor?)",
-            "event_before_descriptor",
+            Reason.EVENT_BEFORE_DESCRIPTOR,
             seq_num=seq_num_of(doc),
         )
 
@@ -343,9 +354,11 @@ class FrameAssembler:
         if type(ref) is not str or (ref not in self._resource_run and ref not in self._unlabeled):
             closed = self._closed.get(ref) if type(ref) is str else None
             if closed is not None:
-                raise doc_error(f"{name} for a run already closed", "closed_run", run_uid=closed)
+                raise doc_error(
+                    f"{name} for a run already closed", Reason.CLOSED_RUN, run_uid=closed
+                )
             raise doc_error(
-                f"{name} refers to unknown resource {str(ref)[:80]!r}", "unknown_resource"
+                f"{name} refers to unknown resource {str(ref)[:80]!r}", Reason.UNKNOWN_RESOURCE
             )
 
     @staticmethod
@@ -354,7 +367,7 @@ class FrameAssembler:
             f"external data could not be filled: {type(exc).__name__}: {str(exc)[:300]}",
             run_uid=run_uid,
             seq_num=seq_num,
-            detail={"reason": "fill_failed"},
+            reason=Reason.FILL_FAILED,
         )
 
     def _evict(self, run_uid: str, why: str) -> None:
@@ -395,21 +408,21 @@ def _check_page(doc: Mapping[str, Any], run_uid: str) -> None:
     """Every column of an event_page must be a list of the same length (zip would truncate)."""
     seq = doc["seq_num"]
     if not isinstance(seq, list):
-        raise doc_error("event_page seq_num is not a list", "bad_field", run_uid=run_uid)
+        raise doc_error("event_page seq_num is not a list", Reason.BAD_FIELD, run_uid=run_uid)
     n = len(seq)
     columns: list[Any] = [doc["uid"], doc["time"]]
     for key in ("data", "timestamps", "filled"):
         block = doc.get(key, {})
         if not isinstance(block, Mapping):
-            raise doc_error(f"event_page {key} is not a mapping", "bad_field", run_uid=run_uid)
+            raise doc_error(f"event_page {key} is not a mapping", Reason.BAD_FIELD, run_uid=run_uid)
         columns.extend(block.values())
     if not all(isinstance(c, list) and len(c) == n for c in columns):
         raise doc_error(
             f"event_page columns have unequal lengths (seq_num has {n})",
-            "length_mismatch",
+            Reason.LENGTH_MISMATCH,
             run_uid=run_uid,
         )
     if "timestamps" not in doc or set(doc["timestamps"]) != set(doc["data"]):
         raise doc_error(
-            "event_page timestamps keys differ from data keys", "bad_field", run_uid=run_uid
+            "event_page timestamps keys differ from data keys", Reason.BAD_FIELD, run_uid=run_uid
         )

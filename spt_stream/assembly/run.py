@@ -43,7 +43,7 @@ from spt_stream.assembly.resolve import (
     run_info,
     start_context,
 )
-from spt_stream.errors import AssemblyError, DocumentError, FrameError, SptError
+from spt_stream.errors import AssemblyError, DocumentError, FrameError, Reason, SptError
 from spt_stream.frames import Frame, RunInfo
 
 if TYPE_CHECKING:
@@ -71,8 +71,8 @@ class CallbackError(Exception):
         self.original = original
 
 
-def doc_error(message: str, reason: str, **where: Any) -> DocumentError:
-    return DocumentError(message, detail={"reason": reason}, **where)
+def doc_error(message: str, reason: Reason, **where: Any) -> DocumentError:
+    return DocumentError(message, reason=reason, **where)
 
 
 def _in_context(exc: SptError, run_uid: str, seq_num: int | None) -> SptError:
@@ -86,7 +86,7 @@ def _scalar(value: Any, what: str) -> float:
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
         return float(value)
     raise FrameError(
-        f"{what} is a {type(value).__name__}, expected a number", detail={"reason": "not_numeric"}
+        f"{what} is a {type(value).__name__}, expected a number", reason=Reason.NOT_NUMERIC
     )
 
 
@@ -298,7 +298,7 @@ class RunAssembler(DocumentRouter):
                 f"malformed event: {type(exc).__name__}: {exc}",
                 run_uid=self.run_uid,
                 seq_num=seq_num_of(doc),
-                detail={"reason": "missing_data" if isinstance(exc, KeyError) else "malformed"},
+                reason=Reason.MISSING_DATA if isinstance(exc, KeyError) else Reason.MALFORMED,
             ) from None
 
     def event_page(self, doc: Any) -> Any:
@@ -319,7 +319,7 @@ class RunAssembler(DocumentRouter):
                     f"run produced no frames: no descriptor for stream {self.ctx.stream!r} "
                     f"(streams seen: {self.streams_seen})",
                     run_uid=self.run_uid,
-                    detail={"reason": "no_stream"},
+                    reason=Reason.NO_STREAM,
                 ),
                 "stop",
                 doc,
@@ -418,7 +418,7 @@ class RunAssembler(DocumentRouter):
         if not (np.isfinite(energy) and all(np.isfinite(v) for v in values.values())):
             raise FrameError(
                 f"step-scan point has NaN/inf (energy={energy!r}, channels={values})",
-                detail={"reason": "nonfinite"},
+                reason=Reason.NONFINITE,
             )
         sweep = self._sweep
         if sweep is not None and sweep.breaks(energy, plan.descriptor_uid):
@@ -511,21 +511,19 @@ def _ids(doc: Any) -> tuple[int, float]:
         if not isinstance(seq, int | np.integer) or isinstance(seq, bool):
             raise DocumentError(
                 f"event seq_num is a {type(seq).__name__}, not an int",
-                detail={"reason": "bad_field"},
+                reason=Reason.BAD_FIELD,
             )
         if not isinstance(t, _NUMBER) or isinstance(t, bool) or not np.isfinite(t):
             raise DocumentError(
-                f"event time is {t!r}, not a finite number", detail={"reason": "bad_field"}
+                f"event time is {t!r}, not a finite number", reason=Reason.BAD_FIELD
             )
         seq, t = int(seq), float(t)
     if not 0 <= seq <= MAX_SEQ_NUM:
-        raise DocumentError(
-            f"event seq_num {seq} is outside 0..2**63-1", detail={"reason": "bad_field"}
-        )
+        raise DocumentError(f"event seq_num {seq} is outside 0..2**63-1", reason=Reason.BAD_FIELD)
     if not 0.0 <= t < MAX_EVENT_TIME:
         raise DocumentError(
             f"event time {t!r} is not a time since the epoch (0 <= t < {MAX_EVENT_TIME:g})",
-            detail={"reason": "bad_field"},
+            reason=Reason.BAD_FIELD,
         )
     return seq, t
 

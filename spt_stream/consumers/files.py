@@ -47,7 +47,7 @@ import event_model
 import numpy as np
 
 from spt_stream.consumers.replay import CountingHandler, ReplayStats, replay_progress
-from spt_stream.errors import AssemblyError, ReaderError, SptError
+from spt_stream.errors import AssemblyError, ReaderError, Reason, SptError
 from spt_stream.protocols import DocumentHandler, Position
 from spt_stream.readers import read_spectrum
 from spt_stream.readers.spectrum import Spectrum
@@ -130,7 +130,7 @@ def _check_elements(items: Sequence[_Item], element: str | None) -> str | None:
                 f"{run_element} ({'as given' if given else 'from the first file'}); "
                 "replay each element separately",
                 source=it.path,
-                detail={"reason": "mixed_elements"},
+                reason=Reason.MIXED_ELEMENTS,
             )
     return run_element
 
@@ -160,7 +160,7 @@ def compose_spectra_run(
         No items, or files of different elements.
     """
     if not items:
-        raise AssemblyError("no spectrum files to replay", detail={"reason": "empty"})
+        raise AssemblyError("no spectrum files to replay", reason=Reason.EMPTY)
     mt = mtimes or {}
     rows = [_Item(p, s, float(mt.get(p, 0.0))) for p, s in items]
     run_element = _check_elements(rows, element)
