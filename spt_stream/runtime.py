@@ -336,14 +336,13 @@ def build_pipeline(
         precision=settings.model_precision,
         background_compile=not settings.model_compile_wait,
     )
-    sinks: list[TraceSink] = [
-        ZarrSink(
-            settings.zarr.root,
-            block_rows=settings.zarr.block_rows,
-            max_delay_s=settings.zarr.write_interval_s,
-            process=settings.zarr.process,
-        )
-    ]
+    primary = ZarrSink(
+        settings.zarr.root,
+        block_rows=settings.zarr.block_rows,
+        max_delay_s=settings.zarr.write_interval_s,
+        process=settings.zarr.process,
+    )
+    sinks: list[TraceSink] = [primary]
     tiled = None
     if settings.tiled.url:
         from spt_stream.sinks.tiled_trace import TiledTraceWriter
@@ -376,7 +375,13 @@ def build_pipeline(
         path = settings.dead_letter_path
         dead_letter = DeadLetterFile(path) if path is not None else MemoryDeadLetter()
     engine = Engine(
-        settings, runner, sinks, dead_letter=dead_letter, commit=commit, metrics=metrics
+        settings,
+        runner,
+        primary,
+        sinks[1:],
+        dead_letter=dead_letter,
+        commit=commit,
+        metrics=metrics,
     )
     if warm_up:  # before any source reads: the first frame must not pay first-use costs
         import time

@@ -29,7 +29,7 @@ def test_commit_at_stop_covers_the_stop_document(tmp_path: Path) -> None:
     engine = Engine(
         settings,
         ModelRunner(None, device="cpu"),
-        [ZarrSink(tmp_path)],
+        ZarrSink(tmp_path),
         dead_letter=MemoryDeadLetter(),
         commit=commit,
         commit_interval_s=3600.0,  # only the stop document commits here

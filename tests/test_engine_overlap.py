@@ -122,7 +122,7 @@ def test_a_failed_batch_is_raised_on_the_transport_thread(
         },
     )
     sink = _FailingPrimary(ok=1)
-    engine = Engine(settings, model, [sink])
+    engine = Engine(settings, model, sink)
     docs = _run_documents(12)
     raised = 0
     for name, doc in docs:

@@ -59,7 +59,8 @@ def test_frozen_tiled_holds_the_offsets_not_the_frames(tmp_path: Path, tiled_ser
     engine = Engine(
         settings,
         ModelRunner(None, device="cpu"),
-        sinks,
+        sinks[0],
+        sinks[1:],
         dead_letter=MemoryDeadLetter(),
         commit=commit,
         commit_interval_s=0.05,

@@ -195,7 +195,7 @@ def test_stalled_threaded_sink_holds_the_producer(tmp_path: Path, model: ModelRu
     stalled = ThreadedSink(gated, name="stalled", queue_size=QUEUE, coalesce_rows=BATCH)
     sinks: list[TraceSink] = [ZarrSink(tmp_path / "primary"), stalled]
     dead = MemoryDeadLetter()
-    engine = Engine(settings(tmp_path), model, sinks, dead_letter=dead)
+    engine = Engine(settings(tmp_path), model, sinks[0], sinks[1:], dead_letter=dead)
     producer = Producer(engine, docs).start()
     try:
         ingested = settled(producer, engine)
@@ -247,7 +247,7 @@ def test_hung_tiled_server_holds_the_producer(
         request_timeout=1.0,
     )
     sinks: list[TraceSink] = [ZarrSink(tmp_path / "primary"), tiled]
-    engine = Engine(settings(tmp_path), model, sinks, dead_letter=MemoryDeadLetter())
+    engine = Engine(settings(tmp_path), model, sinks[0], sinks[1:], dead_letter=MemoryDeadLetter())
     first = 2 + 2 * BATCH  # start, descriptor, two batches written while Tiled is up
     for name, doc in docs[:first]:
         engine(name, doc)

@@ -116,7 +116,7 @@ def test_sinks_are_warmed_with_real_rows_before_any_document(model: ModelRunner)
     settings = load_settings(None, {"dead_letter": {"path": None}})
     direct, inner = _Recording(), _Recording()
     queued = ThreadedSink(inner, name="queued")
-    engine = Engine(settings, model, [direct, queued])
+    engine = Engine(settings, model, direct, [queued])
     try:
         engine.warm_up()
         for sink in (direct, inner):
@@ -158,7 +158,7 @@ def test_run_set_up_never_makes_the_engine_wait(model: ModelRunner) -> None:
     settings = load_settings(None, {"dead_letter": {"path": None}})
     inner = _SlowOpen()
     sink = ThreadedSink(inner, name="slow")
-    engine = Engine(settings, model, [sink])
+    engine = Engine(settings, model, sink)
     _, docs = compose_docs(3, seed=4)
     done = threading.Event()
 
