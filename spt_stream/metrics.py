@@ -26,6 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
+from spt_stream.protocols import NamedSink
+
 __all__ = ["EngineMetrics", "LatencyWindow", "sink_queues"]
 
 #: Keys of a sink's ``stats`` that describe its queue (sinks without a queue have none).
@@ -46,7 +48,7 @@ def sink_queues(sinks: Sequence[Any]) -> list[dict[str, Any]]:
             continue
         if "queue_depth" not in stats:
             continue
-        name = getattr(sink, "name", None)
+        name = sink.name if isinstance(sink, NamedSink) else None
         entry: dict[str, Any] = {"name": name if isinstance(name, str) else f"sink{i}"}
         for key in _QUEUE_KEYS:
             entry[key] = stats.get(key, 0)

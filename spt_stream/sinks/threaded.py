@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from spt_stream.errors import SinkError, SinkTimeoutError, SptError
+from spt_stream.protocols import WarmableSink
 from spt_stream.queues import BoundedQueue, QueueClosedError
 from spt_stream.sinks.rows import TraceRows
 
@@ -109,9 +110,9 @@ class ThreadedSink:
     def warm_up(self, rows: TraceRows | None = None, timeout: float | None = 60.0) -> None:
         """The inner sink's ``warm_up(rows)``, if it has one, on the sink thread (once, at
         start-up: connections, metadata, first-use costs of its libraries)."""
-        warm = getattr(self.inner, "warm_up", None)
-        if callable(warm):
-            self.call(lambda: warm(rows), timeout=timeout)
+        inner = self.inner
+        if isinstance(inner, WarmableSink):
+            self.call(lambda: inner.warm_up(rows), timeout=timeout)
 
     def write(self, run_uid: str, rows: TraceRows) -> None:
         self._put(_Write(run_uid, rows))
@@ -294,8 +295,11 @@ class ZarrSink(ThreadedSink):
         """:attr:`ThreadedSink.stats`, plus ``process_starts`` (writer processes started: 1,
         and one more for every restart after one died) when the writer runs in a child."""
         base = super().stats
-        starts = getattr(self.writer, "starts", None)  # ZarrWriterProcess only
-        return base if starts is None else {**base, "process_starts": starts}
+        from spt_stream.sinks.zarr_process import ZarrWriterProcess
+
+        if not isinstance(self.writer, ZarrWriterProcess):
+            return base
+        return {**base, "process_starts": self.writer.starts}
 
     def committed_seq_nums(self, run_uid: str) -> set[int]:
         from spt_stream.sinks.zarr_trace import committed_seq_nums, trace_path
