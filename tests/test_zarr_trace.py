@@ -357,7 +357,7 @@ def test_chunk_files_are_the_bytes_zarr_itself_writes(tmp_path: Path) -> None:
 def test_array_of_another_layout_is_written_through_zarr(tmp_path: Path) -> None:
     """An array whose codecs the writer does not encode itself (here: uncompressed, as another
     tool might have created it) is appended through Zarr's own indexing, rows intact."""
-    from spt_stream.sinks.zarr_trace import _chunk_encoder
+    from spt_stream.sinks.zarr_adapter import array_chunk_encoder
 
     w = ZarrTraceWriter(tmp_path, block_rows=8)
     w.open_run("other")
@@ -373,7 +373,7 @@ def test_array_of_another_layout_is_written_through_zarr(tmp_path: Path) -> None
         compressors=None, dimension_names=["time"],
     )  # fmt: skip
     plain[:] = values
-    assert _chunk_encoder(plain) is None
+    assert array_chunk_encoder(plain) is None
     w2 = ZarrTraceWriter(tmp_path, block_rows=8)
     w2.write("other", make_rows(range(5, 19)))
     w2.close()

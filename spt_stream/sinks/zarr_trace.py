@@ -26,9 +26,9 @@ attributes with the new ``n_rows`` LAST. Every file is written to a temporary fi
 over its key, so a kill leaves each file either old or new; rows past ``n_rows`` are uncommitted
 and are overwritten by the next write. Chunks of arrays laid out as this writer creates them
 (bytes + zstd codecs, regular chunks) are encoded by the writer itself into exactly the bytes Zarr
-would write (:func:`_chunk_encoder`), which costs a fraction of Zarr's write path; arrays of any
-other layout go through Zarr. Reopening a store after a crash reads ``n_rows`` and the committed
-``seq_num`` values, evens the array lengths out and continues.
+would write (:mod:`~spt_stream.sinks.zarr_adapter`), which costs a fraction of Zarr's write
+path; arrays of any other layout go through Zarr. Reopening a store after a crash reads
+``n_rows`` and the committed ``seq_num`` values, evens the array lengths out and continues.
 
 Reading
 -------
@@ -41,17 +41,14 @@ finalized the arrays are trimmed to ``n_rows`` and the metadata consolidated, so
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,18 +57,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 import zarr
-from numcodecs.zstd import Zstd
-from zarr.codecs import BytesCodec, ZstdCodec
-from zarr.codecs.bytes import Endian
-from zarr.core.chunk_grids import RegularChunkGrid
-from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync
-from zarr.storage import LocalStore
 
 from spt_stream._version import __version__
 from spt_stream.errors import SinkError, SptError
-from spt_stream.sinks import zarr_meta
+from spt_stream.sinks import zarr_adapter
 from spt_stream.sinks.rows import AnyArray, TraceRows
 
 if TYPE_CHECKING:
@@ -136,107 +125,6 @@ def _fill_for(dtype: np.dtype[Any]) -> Any:
     return INT_FILL
 
 
-class _SyncingLocalStore(LocalStore):
-    """A :class:`LocalStore` that remembers which keys it wrote, so they can be fsync'ed."""
-
-    def __init__(self, root: Path | str, *, read_only: bool = False) -> None:
-        super().__init__(root, read_only=read_only)
-        self.dirty: set[str] = set()
-        self._dirs: set[Path] = set()  # directories known to exist
-
-    async def set(self, key: str, value: Any) -> None:
-        await super().set(key, value)
-        self.dirty.add(key)
-
-    async def set_if_not_exists(self, key: str, value: Any) -> None:
-        await super().set_if_not_exists(key, value)
-        self.dirty.add(key)
-
-    def write_files(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Write whole files under the store, each atomically as Zarr's own store does (a
-        ``.partial`` temporary file renamed over the key), in the calling thread: the cost is
-        the system calls, not an event-loop and thread-pool round trip per file."""
-        for key, data in items:
-            path = self.root / key
-            if path.parent not in self._dirs:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._dirs.add(path.parent)
-            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            self.dirty.add(key)
-
-    def fsync_dirty(self) -> None:
-        """fsync every file written since the last call and the directories holding them.
-
-        The fsyncs run concurrently (threads): on ext4 the journal then commits them together,
-        ~10 ms for a batch's files instead of ~100 ms one after another (measured here).
-        """
-        if not self.dirty:
-            return
-        paths: set[Path] = {self.root.parent}  # the store's own directory entry
-        for key in self.dirty:
-            path = self.root / key
-            paths.add(path)
-            parent = path.parent
-            while parent not in paths and parent != self.root.parent:
-                paths.add(parent)
-                parent = parent.parent
-        _gather(*(asyncio.to_thread(_fsync_path, p) for p in paths))
-        self.dirty.clear()
-
-
-def _chunk_encoder(arr: zarr.Array[Any]) -> tuple[Callable[[AnyArray], bytes], int] | None:
-    """How to encode a whole chunk of ``arr`` without Zarr's write path, if it is laid out as
-    this writer creates arrays: Zarr v3, regular chunks spanning every axis but the first,
-    default chunk keys, codecs ``bytes`` (little-endian) then ``zstd``. Returns the encoder and
-    the chunk's rows, or None (another layout: the array is written through Zarr's indexing).
-
-    The bytes are those Zarr's own codecs produce (the array's dtype little-endian, compressed
-    by numcodecs' Zstd with the array's level and checksum flag); Zarr's write path costs ~1 ms
-    of Python per array and write, which made the writer the largest CPU user under a backlog.
-    """
-    md = arr.metadata
-    if not isinstance(md, ArrayV3Metadata) or md.storage_transformers:
-        return None
-    grid, keys, codecs = md.chunk_grid, md.chunk_key_encoding, md.codecs
-    if not isinstance(grid, RegularChunkGrid) or tuple(grid.chunk_shape[1:]) != arr.shape[1:]:
-        return None
-    if not isinstance(keys, DefaultChunkKeyEncoding) or keys.separator != "/":
-        return None
-    if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec):
-        return None
-    if codecs[0].endian not in (None, Endian.little) or not isinstance(codecs[1], ZstdCodec):
-        return None
-    dtype = np.dtype(arr.dtype)
-    if dtype.kind not in "biuf":
-        return None
-    little = dtype.newbyteorder("<")
-    zstd = Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
-
-    def encode(chunk: AnyArray) -> bytes:
-        out: bytes = zstd.encode(np.ascontiguousarray(chunk, dtype=little))
-        return out
-
-    return encode, int(grid.chunk_shape[0])
-
-
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:  # deleted since (a trim removed the chunk)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What one :meth:`ZarrTraceWriter.write` did."""
@@ -261,7 +149,7 @@ class RunStats:
 @dataclass(slots=True, eq=False)
 class _Var:
     """One stored array of a run: either written by the writer itself from its ``zarr.json``
-    document (``doc``, the fast path of :mod:`spt_stream.sinks.zarr_meta`) or, for a layout the
+    document (``doc``, the fast path of :mod:`spt_stream.sinks.zarr_adapter`) or, for a layout the
     writer does not write itself, through Zarr's public API (``array``)."""
 
     name: str
@@ -274,17 +162,17 @@ class _Var:
     #: Committed rows of the current partial chunk: rows [n_rows - n_rows % B, n_rows).
     tail: AnyArray = field(default_factory=lambda: np.empty(0))
     #: Encoder of one whole chunk to the bytes of its file and the chunk's rows, when the array
-    #: is laid out as this writer creates arrays (see :func:`_chunk_encoder`); None: written
-    #: through Zarr's indexing.
+    #: is laid out as this writer creates arrays (``zarr_adapter.array_chunk_encoder``); None:
+    #: written through Zarr's indexing.
     encode: Callable[[AnyArray], bytes] | None = field(init=False, default=None)
     chunk_rows: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         if self.doc is not None:
-            self.encode = zarr_meta.chunk_encoder(self.doc)
+            self.encode = zarr_adapter.chunk_encoder(self.doc)
             self.chunk_rows = int(self.doc["chunk_grid"]["configuration"]["chunk_shape"][0])
         elif self.array is not None:
-            found = _chunk_encoder(self.array)
+            found = zarr_adapter.array_chunk_encoder(self.array)
             if found is not None:
                 self.encode, self.chunk_rows = found
 
@@ -296,14 +184,14 @@ class _Var:
         if self.array is not None:
             key: str = self.array.metadata.encode_chunk_key(indices)
             return key
-        return zarr_meta.chunk_key(indices)
+        return zarr_adapter.chunk_key(indices)
 
 
 @dataclass(slots=True, eq=False)
 class _Run:
     run_uid: str
     path: Path
-    store: _SyncingLocalStore
+    store: zarr_adapter.SyncingLocalStore
     #: None on the fast path (the writer writes the group's documents itself).
     group: zarr.Group | None
     attrs: dict[str, Any]
@@ -337,7 +225,7 @@ class ZarrTraceWriter:
         When True, :meth:`flush` fsyncs every file written since the previous flush (durable
         against power loss). Written data survives a crash of this process either way.
     fast_metadata:
-        Write the stores' Zarr metadata documents directly (:mod:`~spt_stream.sinks.zarr_meta`,
+        Write the stores' Zarr metadata documents directly (:mod:`~spt_stream.sinks.zarr_adapter`,
         byte for byte Zarr's) instead of through Zarr's node API. None (default): when the
         installed Zarr is a release those documents were checked against; False: always Zarr's
         public API (the reference path).
@@ -359,7 +247,7 @@ class ZarrTraceWriter:
         self.block_rows = int(block_rows)
         self.fsync = fsync
         self.fast_metadata = (
-            zarr_meta.fast_path_available() if fast_metadata is None else bool(fast_metadata)
+            zarr_adapter.fast_path_available() if fast_metadata is None else bool(fast_metadata)
         )
         self._runs: dict[str, _Run] = {}
         try:
@@ -530,7 +418,7 @@ class ZarrTraceWriter:
         return -(-n // block) * block
 
     def _load_or_create(self, run_uid: str, path: Path, user: dict[str, Any]) -> _Run:
-        store = _SyncingLocalStore(path)
+        store = zarr_adapter.SyncingLocalStore(path)
         if (path / "zarr.json").exists():
             run = self._load(run_uid, path, store)
             if user:
@@ -552,7 +440,8 @@ class ZarrTraceWriter:
         if self.fast_metadata:
             if path.exists():  # what a kill during creation left (no group document yet)
                 shutil.rmtree(path)
-            store.write_files([("zarr.json", zarr_meta.dumps(zarr_meta.group_document(attrs)))])
+            doc = zarr_adapter.group_document(attrs)
+            store.write_files([("zarr.json", zarr_adapter.dumps(doc))])
         else:
             group = zarr.open_group(store=store, mode="w", zarr_format=3, attributes=attrs)
         run = _Run(run_uid, path, store, group, attrs, 0, 0, set(), {}, {}, self.block_rows)
@@ -587,7 +476,7 @@ class ZarrTraceWriter:
                 tail=np.empty(0, np.int64),
             )
 
-    def _load(self, run_uid: str, path: Path, store: _SyncingLocalStore) -> _Run:
+    def _load(self, run_uid: str, path: Path, store: zarr_adapter.SyncingLocalStore) -> _Run:
         """Reopen a store after a restart: committed rows, seq_nums, columns, partial chunk."""
         for junk in path.rglob("*.partial"):  # temp files of writes a kill interrupted
             junk.unlink(missing_ok=True)
@@ -724,7 +613,7 @@ class ZarrTraceWriter:
         attrs = dict(rows.attrs.get(dim, {}))
         doc = None
         if run.group is None:
-            doc = zarr_meta.array_document(
+            doc = zarr_adapter.array_document(
                 shape=coord.shape,
                 chunks=coord.shape,
                 dtype=coord.dtype,
@@ -735,11 +624,11 @@ class ZarrTraceWriter:
             if doc is None:  # a dtype outside the writer's layout: Zarr's API from here on
                 self._to_public(run)
         if doc is not None:
-            encode = zarr_meta.chunk_encoder(doc)
+            encode = zarr_adapter.chunk_encoder(doc)
             run.store.write_files(
                 [
-                    (f"{dim}/zarr.json", zarr_meta.dumps(doc)),
-                    (f"{dim}/{zarr_meta.chunk_key((0,))}", encode(coord)),
+                    (f"{dim}/zarr.json", zarr_adapter.dumps(doc)),
+                    (f"{dim}/{zarr_adapter.chunk_key((0,))}", encode(coord)),
                 ]
             )
             run.coord_docs[dim] = doc
@@ -758,7 +647,7 @@ class ZarrTraceWriter:
 
     # ------------------------------------------------------------------ node operations
     # Each has the fast path (the run's group is None: documents written by the writer,
-    # spt_stream.sinks.zarr_meta) and Zarr's public API (any other case).
+    # spt_stream.sinks.zarr_adapter) and Zarr's public API (any other case).
 
     def _new_array(
         self,
@@ -775,7 +664,7 @@ class ZarrTraceWriter:
     ) -> _Var:
         dim = dims[1] if len(dims) > 1 else None
         if run.group is None:
-            doc = zarr_meta.array_document(
+            doc = zarr_adapter.array_document(
                 shape=shape,
                 chunks=chunks,
                 dtype=dtype,
@@ -784,7 +673,7 @@ class ZarrTraceWriter:
                 attributes=attrs,
             )
             if doc is not None:
-                run.store.write_files([(f"{name}/zarr.json", zarr_meta.dumps(doc))])
+                run.store.write_files([(f"{name}/zarr.json", zarr_adapter.dumps(doc))])
                 return _Var(name, np.dtype(dtype), fill, shape, dim=dim, doc=doc, tail=tail)
             self._to_public(run)  # a dtype outside the writer's layout: Zarr's API from here on
         assert run.group is not None
@@ -809,12 +698,12 @@ class ZarrTraceWriter:
             v.shape = (rows, *v.row_shape)
             if v.doc is not None:
                 v.doc["shape"] = list(v.shape)
-                files.append((f"{v.name}/zarr.json", zarr_meta.dumps(v.doc)))
+                files.append((f"{v.name}/zarr.json", zarr_adapter.dumps(v.doc)))
             else:
                 assert v.array is not None
                 slow.append(v.array.async_array.resize(v.shape))
         run.store.write_files(files)
-        _gather(*slow)
+        zarr_adapter.gather(*slow)
 
     def _write_group(self, run: _Run, *, consolidate: bool = False) -> None:
         """Rewrite the group's attributes (the commit marker); ``consolidate``: with the
@@ -825,10 +714,10 @@ class ZarrTraceWriter:
                 for name, v in run.vars.items():
                     assert v.doc is not None  # fast runs hold only documents
                     docs[name] = v.doc
-                doc = zarr_meta.consolidated_group_document(run.attrs, docs)
+                doc = zarr_adapter.consolidated_group_document(run.attrs, docs)
             else:
-                doc = zarr_meta.group_document(run.attrs)
-            run.store.write_files([("zarr.json", zarr_meta.dumps(doc))])
+                doc = zarr_adapter.group_document(run.attrs)
+            run.store.write_files([("zarr.json", zarr_adapter.dumps(doc))])
             return
         run.group.update_attributes(run.attrs)
         if consolidate:
@@ -845,7 +734,7 @@ class ZarrTraceWriter:
                 doc = json.loads((run.path / name / "zarr.json").read_bytes())
             except (OSError, ValueError):
                 return
-            if not isinstance(doc, dict) or not zarr_meta.is_writer_layout(doc):
+            if not isinstance(doc, dict) or not zarr_adapter.is_writer_layout(doc):
                 return
             docs[name] = doc
         for name, v in list(run.vars.items()):
@@ -901,7 +790,7 @@ class ZarrTraceWriter:
                 key = var.chunk_key(((start + c0) // b, *(0 for _ in var.row_shape)))
                 files.append((f"{name}/{key}", var.encode(buf[c0 : c0 + b])))
         run.store.write_files(files)
-        _gather(*slow)
+        zarr_adapter.gather(*slow)
         # Commit marker, last: one atomic rewrite of the group's zarr.json.
         now = _now_iso()
         run.attrs.update(n_rows=n1, updated=now)
@@ -920,17 +809,6 @@ def _as_int(value: Any) -> int:
     if not isinstance(value, int | float | str):
         raise SinkError(f"n_rows attribute is not a number: {value!r}")
     return int(value)
-
-
-def _gather(*coros: Coroutine[Any, Any, Any]) -> None:
-    """Run Zarr coroutines concurrently on Zarr's event loop and wait for all of them."""
-    if not coros:
-        return
-
-    async def _all() -> None:
-        await asyncio.gather(*coros)
-
-    sync(_all())
 
 
 def open_trace(path: Path | str, *, retries: int = 3, **open_kwargs: Any) -> xr.Dataset:

@@ -1,4 +1,4 @@
-"""The trace writer's fast metadata path (spt_stream.sinks.zarr_meta) equals Zarr's public API.
+"""The trace writer's fast metadata path (spt_stream.sinks.zarr_adapter) equals Zarr's public API.
 
 The same sequence of writes goes through two writers, one writing the stores' documents itself
 and one through Zarr's node API (create_array, resize, update_attributes, consolidate_metadata);
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from spt_stream.sinks import zarr_meta
+from spt_stream.sinks import zarr_adapter
 from spt_stream.sinks import zarr_trace as zt
 from spt_stream.sinks.zarr_trace import ZarrTraceWriter, open_trace, trace_path
 from tests._trace_rows import expected_os, make_rows
@@ -44,7 +44,7 @@ def _assert_same(a: Path, b: Path) -> int:
 def test_fast_path_is_available_for_the_installed_zarr() -> None:
     """The pinned range in pyproject.toml and TESTED_ZARR agree with what is installed, so the
     engine runs the fast path here (otherwise every store would go through Zarr's API)."""
-    assert zarr_meta.fast_path_available()
+    assert zarr_adapter.fast_path_available()
     assert ZarrTraceWriter(Path("/nonexistent-never-created"), fsync=False).fast_metadata is True
 
 
@@ -52,7 +52,7 @@ def test_other_zarr_release_uses_the_public_api(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(zarr, "__version__", "3.9.0")
-    assert not zarr_meta.fast_path_available()
+    assert not zarr_adapter.fast_path_available()
     w = ZarrTraceWriter(tmp_path, fsync=False)
     assert w.fast_metadata is False
     w.open_run("pub")
@@ -138,18 +138,18 @@ def test_array_document_matches_create_array(tmp_path: Path, dtype: str, fill: o
         "a", shape=(16, 3), chunks=(8, 3), dtype=dtype, fill_value=fill,
         dimension_names=["time", "d"], attributes={"units": "eV", "n": [1, 2]},
     )  # fmt: skip
-    doc = zarr_meta.array_document(
+    doc = zarr_adapter.array_document(
         shape=(16, 3), chunks=(8, 3), dtype=np.dtype(dtype), fill_value=fill,
         dimension_names=("time", "d"), attributes={"units": "eV", "n": [1, 2]},
     )  # fmt: skip
     assert doc is not None
-    assert zarr_meta.dumps(doc) == (tmp_path / "ref.zarr" / "a" / "zarr.json").read_bytes()
-    assert zarr_meta.is_writer_layout(doc)
-    assert zarr_meta.chunk_key((1, 0)) == arr.metadata.encode_chunk_key((1, 0))
+    assert zarr_adapter.dumps(doc) == (tmp_path / "ref.zarr" / "a" / "zarr.json").read_bytes()
+    assert zarr_adapter.is_writer_layout(doc)
+    assert zarr_adapter.chunk_key((1, 0)) == arr.metadata.encode_chunk_key((1, 0))
 
 
 def test_layouts_the_documents_do_not_cover(tmp_path: Path) -> None:
-    assert zarr_meta.array_document(
+    assert zarr_adapter.array_document(
         shape=(4,), chunks=(4,), dtype=np.dtype("int32"), fill_value=0,
         dimension_names=("x",), attributes={},
     ) is None  # fmt: skip
@@ -158,4 +158,4 @@ def test_layouts_the_documents_do_not_cover(tmp_path: Path) -> None:
     import json
 
     raw = json.loads((tmp_path / "ref.zarr" / "raw" / "zarr.json").read_bytes())
-    assert not zarr_meta.is_writer_layout(raw)  # no zstd, no dimension names
+    assert not zarr_adapter.is_writer_layout(raw)  # no zstd, no dimension names
