@@ -33,6 +33,9 @@ loaded here.
 
 Needs a C++ compiler at run time (TorchInductor builds the library with it); :func:`aot_available`
 says whether one is there, and the engine falls back to the eager model when it is not.
+
+One module: compile, cache, load and serve of the AOT package, including the background compile
+process, share the cache's layout and locking.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Secrets (Kafka SASL password, Tiled API key) are :class:`pydantic.SecretStr`: th
 in ``repr``, logs or the config snapshot written into trace stores
 (:meth:`EngineSettings.public_dump`).
 Settings are validated once, at construction; nothing downstream re-validates per frame.
+
+One module: every settings model, its YAML/env/CLI sources and their precedence, so the whole
+configuration schema reads in one place (docs/CONTRACTS.md points here).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ On disk a dataset is a directory holding
 
 Spectra are normalized mu (edge step 1) on the model grid: energies in eV relative to the
 tabulated edge energy of the absorber (:data:`spt_stream.grid.MODEL_GRID_REL`).
+
+One module: generation, storage and loading of one data-set format (arrays, labels, splits, hashes)
+change together.
 """
 
 from __future__ import annotations

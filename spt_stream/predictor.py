@@ -24,6 +24,9 @@ the switch). A cached package is loaded at once either way.
 
 Rows with non-finite input are not sent through the network's result: they come back with NaN
 descriptors, ``valid=False`` and ``ood=True``, so one bad frame never spoils its batch.
+
+One module: the model's serving contract (checkpoint, backends, bucketing, batch invariance, OOD,
+calibration terms) lives in one class whose parts share its state.
 """
 
 from __future__ import annotations

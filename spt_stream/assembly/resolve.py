@@ -26,6 +26,9 @@ scalars (one frame per sweep). Energies are in eV; keys whose ``units`` are ``ke
 by 1000.
 
 Everything here runs once per run or per descriptor, never per event.
+
+One module: the rules that decide what a run's spectrum is (metadata, profile, heuristics) and
+their error reasons are read together when a run is not understood.
 """
 
 from __future__ import annotations

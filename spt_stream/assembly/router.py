@@ -14,6 +14,10 @@ descriptor, duplicate uid) raise :class:`DocumentError`; the caller
 (:class:`spt_stream.ingest.DocumentIngest`) accounts for both. Exceptions raised by the
 ``on_frame``/``on_run_start``/``on_run_stop`` callbacks are wrapped in :class:`CallbackError`
 and propagate.
+
+One module: the router's per-document checks and the run bookkeeping they update (descriptor and
+resource ownership, eviction) are one state machine; splitting them would spread that state over
+modules.
 """
 
 from __future__ import annotations

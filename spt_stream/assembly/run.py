@@ -12,6 +12,9 @@ Frame provenance: ``stream``, ``descriptor``, ``event_uid`` (array layout) or ``
 ``event_seq_nums`` (step layout), and ``position``: the transport
 :class:`~spt_stream.protocols.Position` of the document whose arrival completed the frame (the
 event; for a sweep, the event that broke it or the stop document), ``None`` when not given.
+
+One module: per-run assembly (array and step layouts, sweeps, the RunRouter adapter they are called
+from) shares the run's state.
 """
 
 from __future__ import annotations

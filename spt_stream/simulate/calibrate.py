@@ -6,6 +6,9 @@ spectrum is normalized as measured; the simulated spectrum of the compound's sit
 points and normalized the same way, so range-dependent normalization effects cancel. One set of
 parameters serves every file and element (no per-file knobs); files are weighted so each element
 counts equally. ``leave_one_element_out`` fits on one element and reports the others.
+
+One module: the calibration is one procedure (parameter vector, per-file residuals, the bounded
+fit, its leave-one-element-out variant and the residual table), each step feeding the next.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ While live, arrays are longer than ``n_rows`` (rows past it hold fill values: ``
 ``xarray.open_zarr(path, consolidated=False)`` and slices ``time`` to ``n_rows``. Once the run is
 finalized the arrays are trimmed to ``n_rows`` and the metadata consolidated, so a plain
 ``xarray.open_zarr(path)`` shows exactly the committed rows.
+
+One module: the writer's commit protocol (capacity, partial chunks, the commit marker, reopen after
+a kill) is one invariant; Zarr internals are in sinks/zarr_adapter.py, reading in open_trace below.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Augmentation (training batches only): energy shift (uniform, +-``shift_max_ev``,
 linear interpolation on the grid, so mu(E) -> mu(E - dE)), amplitude jitter (edge-step error,
 uniform +-``scale_jitter``) and Gaussian noise with a per-spectrum sigma drawn uniformly from
 [0, ``noise_max``] (edge-step units).
+
+One module: the training loop, its losses, calibration of the heads and the written metrics are one
+recipe (configs/train/*.yaml) read end to end.
 """
 
 from __future__ import annotations

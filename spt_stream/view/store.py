@@ -19,6 +19,9 @@ A column attribute ``role`` (one of the above) overrides the guess.
 
 :class:`RunReader` is what the app reads a run through: :class:`TraceReader` here (Zarr), and
 :class:`spt_stream.view.tiled_store.TiledTraceReader` for the traces the Tiled sink writes.
+
+One module: the view's reading of local Zarr traces (run list, incremental rows, caching) is one
+cache with one lock.
 """
 
 from __future__ import annotations

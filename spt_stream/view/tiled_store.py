@@ -27,6 +27,9 @@ a one-line reason (the app shows it in the run list, or answers 503), never a ha
 and one listing are in flight at a time: other callers get what was read last. The API key comes
 from the settings (``SPT_TILED_API_KEY``, see :mod:`spt_stream.config`) and is never logged, shown
 or put in a URL.
+
+One module: the view's reading of Tiled runs mirrors view/store.py for a remote server (timeouts,
+404/503 handling, caching under one lock).
 """
 
 from __future__ import annotations
