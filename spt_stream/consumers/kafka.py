@@ -32,8 +32,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
+import tenacity
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaConfigurationError, KafkaError
@@ -44,6 +45,7 @@ try:  # kafka-python >= 3: the network client class, to close it when the constr
 except ImportError:  # pragma: no cover - kafka-python 2.x creates no IO thread there
     KafkaNetClient = None
 
+from spt_stream.backoff import RetryStoppedError, doubling, last_error, next_wait, sleep_unless
 from spt_stream.config import KafkaSettings
 from spt_stream.errors import BrokerError, ConfigError, DecodeError, SptError
 from spt_stream.protocols import DocumentHandler, Position
@@ -220,6 +222,10 @@ class KafkaDocumentSource:
     def _connect(self, stop: threading.Event) -> KafkaConsumer | None:
         """Build the consumer, retrying with exponential backoff; None if ``stop`` was set.
 
+        tenacity runs the attempts: backoff ``reconnect_backoff_ms`` doubling to
+        ``reconnect_backoff_max_ms`` (each wait jittered by +-20 %), one warning per retry, and
+        a stop request ends a wait at once (:func:`~spt_stream.backoff.sleep_unless`).
+
         Raises
         ------
         BrokerError
@@ -227,16 +233,18 @@ class KafkaDocumentSource:
             source has never been connected (a later outage is retried without limit).
         """
         s = self.settings
-        delay = s.reconnect_backoff_ms / 1000
         # One attempt blocks up to this (a stop request still ends the wait at once); it grows
         # after each failure so that a slow-to-bootstrap cluster (SASL_SSL over a WAN) still
         # gets through.
         attempt_ms = min(s.request_timeout_ms, _FIRST_ATTEMPT_MS)
         first = not self.connected_once
         deadline = time.monotonic() + s.connect_timeout_s
-        tries = 0
-        while not stop.is_set():
-            tries += 1
+        wait = doubling(s.reconnect_backoff_ms / 1000, s.reconnect_backoff_max_ms / 1000)
+
+        def attempt() -> KafkaConsumer | None:
+            nonlocal attempt_ms
+            if stop.is_set():
+                return None
             if first:
                 left_ms = int((deadline - time.monotonic()) * 1000)
                 attempt_ms = max(min(attempt_ms, left_ms), 100)
@@ -249,29 +257,47 @@ class KafkaDocumentSource:
             except KafkaConfigurationError as exc:
                 self._drop_consumer()
                 raise ConfigError(f"invalid Kafka consumer settings: {exc}") from exc
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError):
                 self._drop_consumer()
                 self._note_lost()
-                if first and time.monotonic() + delay >= deadline:
-                    raise BrokerError(
-                        f"no Kafka broker answered at {s.bootstrap_servers} within "
-                        f"{s.connect_timeout_s:g} s ({tries} attempts; last: {_brief(exc)})",
-                        source=s.bootstrap_servers,
-                    ) from exc
-                log.warning(
-                    "cannot reach Kafka at %s (attempt %d: %s); retrying in %.1f s",
-                    s.bootstrap_servers,
-                    tries,
-                    _brief(exc),
-                    delay,
-                )
-                stop.wait(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, s.reconnect_backoff_max_ms / 1000)
                 attempt_ms = min(attempt_ms * 2, s.request_timeout_ms)
-                continue
+                raise
             self._note_connected()
             return consumer
-        return None
+
+        def past_deadline(state: tenacity.RetryCallState) -> bool:
+            # the next wait would end past the deadline: give up now (first connection only)
+            return first and time.monotonic() + wait(state) >= deadline
+
+        def give_up(state: tenacity.RetryCallState) -> NoReturn:
+            exc = last_error(state)
+            raise BrokerError(
+                f"no Kafka broker answered at {s.bootstrap_servers} within "
+                f"{s.connect_timeout_s:g} s ({state.attempt_number} attempts; "
+                f"last: {_brief(exc)})",
+                source=s.bootstrap_servers,
+            ) from exc
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            log.warning(
+                "cannot reach Kafka at %s (attempt %d: %s); retrying in %.1f s",
+                s.bootstrap_servers,
+                state.attempt_number,
+                _brief(last_error(state)),
+                next_wait(state),
+            )
+
+        try:
+            return tenacity.Retrying(
+                retry=tenacity.retry_if_exception_type((KafkaError, OSError)),
+                wait=wait,
+                stop=past_deadline,
+                sleep=sleep_unless(stop, jitter=lambda delay: delay * random.uniform(0.8, 1.2)),
+                before_sleep=log_retry,
+                retry_error_callback=give_up,
+            )(attempt)
+        except RetryStoppedError:
+            return None
 
     def _build_consumer(self, attempt_ms: int, stop: threading.Event) -> KafkaConsumer | None:
         """:meth:`_new_consumer` on a helper thread, so that ``stop`` ends the wait at once
@@ -466,29 +492,27 @@ class KafkaDocumentSource:
         """
         self._owner = threading.get_ident()
         idle_since = time.monotonic()
-        delay = self.settings.reconnect_backoff_ms / 1000
+        s = self.settings
+        # A failed poll drops the client and the next attempt builds a new one (:meth:`_connect`,
+        # with its own retries), after a backoff that a stop request ends at once; the backoff
+        # starts over after each good poll (one tenacity run per poll).
+        polling = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(KafkaError),
+            wait=doubling(s.reconnect_backoff_ms / 1000, s.reconnect_backoff_max_ms / 1000),
+            sleep=sleep_unless(stop),
+            before_sleep=self._poll_failed,
+        )
         try:
             while not stop.is_set():
-                consumer = self._consumer or self._connect(stop)
-                if consumer is None:
-                    break
-                self._run_pending_commits()
                 try:
-                    batch = consumer.poll(timeout_ms=self._poll_timeout_ms(handler, consumer))
-                    if not batch:
-                        self._watch_connection()
-                    if not self.assigned.is_set():
-                        idle_since = time.monotonic()  # not reading yet: not idle
-                except KafkaError as exc:
-                    log.warning(
-                        "Kafka poll failed (%s); rebuilding the client in %.1f s", exc, delay
-                    )
-                    self._drop_consumer()
-                    self._note_lost()
-                    stop.wait(delay)
-                    delay = min(delay * 2, self.settings.reconnect_backoff_max_ms / 1000)
-                    continue
-                delay = self.settings.reconnect_backoff_ms / 1000
+                    polled = polling(self._poll, handler, stop)
+                except RetryStoppedError:
+                    break
+                if polled is None:
+                    break
+                consumer, batch = polled
+                if not self.assigned.is_set():
+                    idle_since = time.monotonic()  # not reading yet: not idle
                 if batch:
                     idle_since = time.monotonic()
                     if not self._connected:
@@ -510,6 +534,31 @@ class KafkaDocumentSource:
         finally:
             self._run_pending_commits()
             self._owner = None
+
+    def _poll(
+        self, handler: DocumentHandler, stop: threading.Event
+    ) -> tuple[KafkaConsumer, Mapping[TopicPartition, list[Any]]] | None:
+        """One poll, connecting first when there is no client; None if ``stop`` was set."""
+        if stop.is_set():
+            return None
+        consumer = self._consumer or self._connect(stop)
+        if consumer is None:
+            return None
+        self._run_pending_commits()
+        batch = consumer.poll(timeout_ms=self._poll_timeout_ms(handler, consumer))
+        if not batch:
+            self._watch_connection()
+        return consumer, batch
+
+    def _poll_failed(self, state: tenacity.RetryCallState) -> None:
+        """Before the backoff after a failed poll: say so and drop the client."""
+        log.warning(
+            "Kafka poll failed (%s); rebuilding the client in %.1f s",
+            last_error(state),
+            next_wait(state),
+        )
+        self._drop_consumer()
+        self._note_lost()
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         """Lag from the high watermarks the last fetches reported (no extra request)."""

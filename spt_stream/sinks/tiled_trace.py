@@ -44,8 +44,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import tenacity
 from pydantic import SecretStr
 
+from spt_stream.backoff import RetryStoppedError, doubling, last_error, sleep_unless
 from spt_stream.config import TiledSettings
 from spt_stream.errors import SinkError, SinkTimeoutError, SptValueError
 from spt_stream.sinks.arrow_rows import TableLayout, merge_ranges, seq_ranges
@@ -72,6 +74,15 @@ def _classify(exc: BaseException) -> str:
     if isinstance(exc, httpx.TransportError | OSError):
         return _AMBIGUOUS
     return _PERMANENT
+
+
+class _GaveUpError(Exception):
+    """A permanent failure (already logged and counted): no more attempts."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Retry what ``fn`` raised (an :class:`Exception`), unless it was permanent."""
+    return isinstance(exc, Exception) and not isinstance(exc, _GaveUpError | RetryStoppedError)
 
 
 def _describe(exc: BaseException) -> str:
@@ -509,20 +520,20 @@ class TiledTraceWriter:
             self._cv.notify_all()
 
     def _attempt(self, run: _Run, what: str, fn: Any) -> bool:
-        """Run ``fn`` until it succeeds; ``False`` on a permanent error or when aborted."""
-        delay = self.retry_initial
-        attempt = 0
-        while not self._abort.is_set():
+        """Run ``fn`` until it succeeds; ``False`` on a permanent error or when aborted.
+
+        tenacity runs the attempts: back-off ``retry_initial`` doubling to ``retry_max``; an
+        abort ends a wait at once (:func:`~spt_stream.backoff.sleep_unless`)."""
+        kind, failures = _TRANSIENT, 0
+
+        def once() -> None:
+            nonlocal kind, failures
+            if self._abort.is_set():
+                raise RetryStoppedError
             try:
                 fn()
-                if attempt:
-                    log.info(
-                        "Tiled: %s of run %s succeeded after %d retries", what, run.run_uid, attempt
-                    )
-                return True
             except Exception as exc:
-                kind = _classify(exc)
-                attempt += 1
+                kind, failures = _classify(exc), failures + 1
                 with self._cv:
                     self._counters["failures"] += 1
                     run.gaps.failures += 1
@@ -534,20 +545,34 @@ class TiledTraceWriter:
                     log.error(
                         "Tiled: %s of run %s failed for good: %s", what, run.run_uid, _describe(exc)
                     )
-                    return False
-                if attempt == 1 or attempt % 10 == 0:
-                    log.warning(
-                        "Tiled: %s of run %s failed (%s, attempt %d), retrying: %s",
-                        what,
-                        run.run_uid,
-                        kind,
-                        attempt,
-                        _describe(exc),
-                    )
-                if self._abort.wait(delay):
-                    return False
-                delay = min(delay * 2, self.retry_max)
-        return False
+                    raise _GaveUpError from exc
+                raise
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            attempt = state.attempt_number
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning(
+                    "Tiled: %s of run %s failed (%s, attempt %d), retrying: %s",
+                    what,
+                    run.run_uid,
+                    kind,
+                    attempt,
+                    _describe(last_error(state)),
+                )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_retryable),
+            wait=doubling(self.retry_initial, self.retry_max),
+            sleep=sleep_unless(self._abort),
+            before_sleep=log_retry,
+        )
+        try:
+            retrying(once)
+        except (_GaveUpError, RetryStoppedError):
+            return False
+        if failures:
+            log.info("Tiled: %s of run %s succeeded after %d retries", what, run.run_uid, failures)
+        return True
 
     # ---------------------------------------------------------------- Tiled operations
 
