@@ -213,8 +213,16 @@ class _Watch:
             self.rejected.setdefault(str(where), getattr(error, "message", str(error)))
         self.handler.reject(error, payload, position)
 
-    def __getattr__(self, name: str) -> Any:  # idle/tick/time_until_due hooks
-        return getattr(self.handler, name)
+    # The engine's periodic hooks (spt_stream.protocols.PeriodicHandler), passed through.
+    def tick(self) -> None:
+        self.handler.tick()
+
+    def idle(self) -> None:
+        self.handler.idle()
+
+    def time_until_due(self) -> float | None:
+        due: float | None = self.handler.time_until_due()
+        return due
 
 
 def _replay_each(

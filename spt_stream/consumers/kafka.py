@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - kafka-python 2.x creates no IO thread 
 from spt_stream.backoff import RetryStoppedError, doubling, last_error, next_wait, sleep_unless
 from spt_stream.config import KafkaSettings
 from spt_stream.errors import BrokerError, ConfigError, DecodeError, SptError
-from spt_stream.protocols import DocumentHandler, Position
+from spt_stream.protocols import DocumentHandler, PeriodicHandler, Position
 from spt_stream.wire import decode_document
 
 __all__ = ["KafkaDocumentSource", "SourceStats", "install_stop_signals"]
@@ -579,9 +579,8 @@ class KafkaDocumentSource:
         if self.settings.group_id is not None and not consumer.assignment():
             return max(self.settings.poll_timeout_ms, _JOIN_POLL_MS)
         timeout = self.settings.poll_timeout_ms
-        due = getattr(handler, "time_until_due", None)
-        if callable(due):
-            left = due()
+        if isinstance(handler, PeriodicHandler):
+            left = handler.time_until_due()
             if left is not None:
                 timeout = min(timeout, max(0, int(left * 1000)))
         return timeout
@@ -746,9 +745,12 @@ def _call_hook(handler: DocumentHandler, name: str) -> None:
     """Call an optional handler hook: ``idle()`` when the source has caught up with the log
     (nothing more buffered: a batching handler should process what it holds now), ``tick()``
     after a full poll (a backlog: only deadlines are due)."""
-    hook = getattr(handler, name, None)
-    if callable(hook):
-        hook()
+    if not isinstance(handler, PeriodicHandler):
+        return
+    if name == "idle":
+        handler.idle()
+    else:
+        handler.tick()
 
 
 def install_stop_signals(stop: threading.Event) -> Callable[[], None]:
