@@ -8,7 +8,7 @@
 #   `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`, see
 #   docs/BENCHMARKS.md "On a GPU"), makes `spt-stream` callable, points ../shared at .devshared
 #   (a copy of ../shared/data), and prints the GPU, torch and CPU.
-# tests: tests/test_cuda.py (-s: the measured differences are printed) and the engine's tests
+# tests: tests/integration/test_cuda.py (-s: the measured differences are printed) and the engine's tests
 #   whose model runs on the GPU there (device auto).
 # model: bench/bench_gpu.py (the engine's predict() call) and bench/bench_model.py (the bare
 #   forward pass) on CUDA.
@@ -42,10 +42,10 @@ setup() {
 }
 
 tests() {
-  python3 -m pytest -p no:cacheprovider -q -s tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
-  python3 -m pytest -p no:cacheprovider -q tests/test_engine_pipeline.py \
-    tests/test_engine_overlap.py tests/test_engine_live_path.py tests/test_default_model.py \
-    tests/test_engine_commits.py 2>&1 | tee "$out/test_engine_gpu.log" | tail -15
+  python3 -m pytest -p no:cacheprovider -q -s tests/integration/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
+  python3 -m pytest -p no:cacheprovider -q tests/pipeline/test_engine_pipeline.py \
+    tests/pipeline/test_engine_overlap.py tests/pipeline/test_engine_live_path.py tests/unit/test_default_model.py \
+    tests/pipeline/test_engine_commits.py 2>&1 | tee "$out/test_engine_gpu.log" | tail -15
 }
 
 model() {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The headless browser of the view's browser tests (tests/test_view_browser.py): Debian's
+# The headless browser of the view's browser tests (tests/integration/test_view_browser.py): Debian's
 # chromium and chromium-driver, installed with apt-get when missing and when running as root.
 # Never fails: without a browser those tests skip and say why.
 set -uo pipefail

@@ -83,9 +83,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: torch releases (major, minor) whose AOTInductor C interface and ``torch._C._aoti`` helpers the
-#: lock-free runner (:class:`_NativeRunner`) was checked against (tests/test_aot.py: its outputs
-#: equal torch's own loader's bit for bit). Any other release runs the package through torch's
-#: public loader (``torch._inductor.aoti_load_package``).
+#: lock-free runner (:class:`_NativeRunner`) was checked against (tests/pipeline/test_aot.py:
+#: its outputs equal torch's own loader's bit for bit). Any other release runs the package
+#: through torch's public loader (``torch._inductor.aoti_load_package``).
 TESTED_TORCH: tuple[tuple[int, int], ...] = ((2, 13),)
 
 

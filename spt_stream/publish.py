@@ -2,8 +2,8 @@
 
 A RunEngine callback, ``RE.subscribe(KafkaDocumentPublisher(bootstrap, topic))``: one message per
 document, value = msgpack of ``[name, doc]`` with msgpack-numpy arrays (byte-identical to
-bluesky-kafka's ``Publisher``, see tests/test_wire.py), key = the run's start uid so a run stays
-ordered on one partition. Used by the demo's simulated beamline; a facility's own publisher
+bluesky-kafka's ``Publisher``, see tests/unit/test_wire.py), key = the run's start uid so a run
+stays ordered on one partition. Used by the demo's simulated beamline; a facility's own publisher
 (bluesky-kafka) works the same for the engine.
 """
 

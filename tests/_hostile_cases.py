@@ -1,4 +1,4 @@
-"""Seeded generator of hostile Kafka messages for tests/test_hostile_input.py.
+"""Seeded generator of hostile Kafka messages for tests/pipeline/test_hostile_input.py.
 
 Every case is the *value of one Kafka message* (bytes, as the broker hands it to the source), so
 every case goes through the real wire decoder. Cases come in two phases, each inside a run that
@@ -384,7 +384,7 @@ def _wrong_shape(r: random.Random, run: _Run) -> Case:
 
 def _bad_seq_num(r: random.Random, run: _Run) -> Case:
     event = run.event(0)
-    # 2**64 - 1 is left out: it crashes the engine (tests/test_hostile_input.py, the xfail)
+    # 2**64 - 1 is left out: it crashes the engine (tests/pipeline/test_hostile_input.py, the xfail)
     event["seq_num"] = r.choice([0, -1, -(2**40), 2**62, 2**63 - 1, True, 1.5, "7", None, [1]])
     return Case("bad_seq_num", encode_document("event", event))
 

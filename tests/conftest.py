@@ -14,7 +14,8 @@ from spt_stream.data import REFERENCE_DIR as PACKAGED_REFERENCES
 # The engine's default model backend on the CPU is ``aot`` (an AOTInductor package compiled once
 # per model, torch and CPU: ~40 s cold). Engines started by the suite (in process and as
 # ``spt-stream`` subprocesses, which inherit this) run the eager model unless the caller sets
-# SPT_MODEL_BACKEND; tests/test_aot.py compiles once into its own cache and runs the engine on it.
+# SPT_MODEL_BACKEND; tests/pipeline/test_aot.py compiles once into its own cache and runs the
+# engine on it.
 os.environ.setdefault("SPT_MODEL_BACKEND", "eager")
 
 pytest_plugins: list[str] = ["tests.plugins.kafka", "tests.plugins.tiled"]

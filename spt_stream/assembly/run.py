@@ -94,7 +94,7 @@ def _scalar(value: Any, what: str) -> float:
 
 
 #: event-model releases (major, minor) whose RunRouter internals the fast path below was checked
-#: against (tests/test_assembly_router_adapter.py); pinned in pyproject.toml.
+#: against (tests/pipeline/test_assembly_router_adapter.py); pinned in pyproject.toml.
 TESTED_EVENT_MODEL: Final = ((1, 22), (1, 23), (1, 24))
 #: The RunRouter attributes the fast path reads (private to event-model).
 _ROUTER_INTERNALS: Final = (
@@ -126,7 +126,7 @@ class SptRunRouter(RunRouter):
     This reads RunRouter's private maps, so it is an adapter: it runs only with an event-model
     release in :data:`TESTED_EVENT_MODEL` that has every attribute it reads; otherwise
     (``fast`` False) every document goes through RunRouter's public handling, which gives the
-    same frames (tests/test_assembly_router_adapter.py) at the page round trip's cost.
+    same frames (tests/pipeline/test_assembly_router_adapter.py) at the page round trip's cost.
     """
 
     def __init__(

@@ -8,8 +8,8 @@
   plain JSON, below;
 * :func:`gather`: Zarr coroutines run on Zarr's event loop.
 
-Each is checked against Zarr's public path byte for byte (tests/test_zarr_adapter.py,
-tests/test_zarr_trace.py), used only with a Zarr release in :data:`TESTED_ZARR` (pinned in
+Each is checked against Zarr's public path byte for byte (tests/unit/test_zarr_adapter.py,
+tests/unit/test_zarr_trace.py), used only with a Zarr release in :data:`TESTED_ZARR` (pinned in
 pyproject.toml); the writer falls back to Zarr's public API otherwise.
 
 The metadata documents in detail:
@@ -24,7 +24,8 @@ bool), the documents are small JSON objects that this module builds directly and
 writes as files.
 
 The contract: every document here is byte for byte what Zarr's public API writes for the same
-array or group (``tests/test_zarr_adapter.py`` builds each case both ways and compares the files).
+array or group (``tests/unit/test_zarr_adapter.py`` builds each case both ways and compares the
+files).
 The fast path is used only with a Zarr release in :data:`TESTED_ZARR` (the range pinned in
 pyproject.toml); with any other release, or a store holding anything else, the writer goes
 through Zarr's public API (:func:`fast_path_available`).

@@ -17,7 +17,7 @@ from spt_stream.errors import BrokerError
 
 pytestmark = pytest.mark.kafka
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _alive(pid: int) -> bool:

@@ -194,7 +194,7 @@ def test_feedback_warm_up_fetches_metadata_and_sends_nothing(kafka_bootstrap: st
 
     from spt_stream.broker import create_topic
     from spt_stream.feedback.publisher import FeedbackPublisher
-    from tests.test_feedback_publisher import make_rows, read_topic
+    from tests.integration.test_feedback_publisher import make_rows, read_topic
 
     topic = f"test.feedback-warm-up.{uuid.uuid4().hex[:8]}"
     pub = FeedbackPublisher(

@@ -20,7 +20,7 @@ from spt_stream.predictor import Predictor
 from spt_stream.runtime import ModelRunner, Pipeline, build_pipeline
 from spt_stream.sinks.rows import Column2D, TraceRows
 from spt_stream.sinks.zarr_trace import open_trace
-from tests.test_engine_live_path import _run_documents
+from tests.pipeline.test_engine_live_path import _run_documents
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_auto_overlap_stays_off_for_a_model_that_holds_the_lock(
 ) -> None:
     """``batch.overlap: auto`` (the default) runs the eager model on the transport's thread: its
     forward pass takes the interpreter lock back after every operator, so a second thread would
-    slow it (the AOT model's case, where auto turns the thread on, is in tests/test_aot.py)."""
+    slow it (the AOT model's case, where auto turns the thread on: tests/pipeline/test_aot.py)."""
     settings = load_settings(None, {"zarr": {"root": tmp_path}, "dead_letter": {"path": None}})
     assert settings.batch.overlap == "auto"
     assert model.info["backend"] == "eager"

@@ -9,7 +9,7 @@ instance reading the same topic with another group into another directory: every
 exactly once, the same columns, event scalars bit-identical, the normalization (``norm``,
 ``e0``, ``edge_step``) equal to 1e-12 (float64 reductions over the batch), the model outputs
 equal within float32 tolerance (batches differ: see
-``tests/test_engine_pipeline.py::test_replay_gives_the_live_trace``), status ``success``.
+``tests/pipeline/test_engine_pipeline.py::test_replay_gives_the_live_trace``), status ``success``.
 
 The kill points come from ``random.Random(SEED)``; ``SPT_KILL_SEED=<n>`` replays another draw.
 The seed and every kill point (run, rows committed at the kill, frames available) are printed,
@@ -244,7 +244,7 @@ def test_sigkilled_engine_resumes_to_the_uninterrupted_trace(
     # run's stop exists, so each restart must resume from the run's start offset and skip what
     # the trace holds. Whether a kill also lands between two Zarr writes depends on timing (the
     # Zarr sink coalesces writes for up to 0.2 s); kills inside a write are covered by
-    # tests/test_zarr_trace.py::test_crash_safety_sigkill_at_random_points.
+    # tests/unit/test_zarr_trace.py::test_crash_safety_sigkill_at_random_points.
     # Each killed instance committed rows of its own first (none was killed before it worked),
     # and was killed with frames of its stage not yet in the trace (while processing).
     assert all(before < rows < available for _, before, rows, available in kills), kills

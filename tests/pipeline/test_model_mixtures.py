@@ -110,7 +110,7 @@ def _toy_mixtures(n: int, seed: int) -> SpectraDataset:
         edge=np.full(n, "K"),
         labels={"os": (lo + w).astype(np.float32), "cn": cn.astype(np.float32)},
         groups=np.arange(n, dtype=np.int64),
-        provenance={"generator": "tests/test_model_mixtures.py"},
+        provenance={"generator": "tests/pipeline/test_model_mixtures.py"},
     )
 
 

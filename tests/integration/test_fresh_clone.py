@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Tests run in the clone: they read the measured spectra shipped in the package.
-SUBSET = ("tests/test_readers.py", "tests/test_replay_files.py")
+SUBSET = ("tests/unit/test_readers.py", "tests/pipeline/test_replay_files.py")
 
 pytestmark = [
     pytest.mark.skipif(
@@ -66,7 +66,7 @@ def test_fresh_clone_without_shared_collects_and_passes(tmp_path: Path) -> None:
     )
     assert collected.returncode == 0, collected.stdout[-4000:] + collected.stderr[-4000:]
     assert "error" not in collected.stdout.lower().splitlines()[-1], collected.stdout[-2000:]
-    assert "tests/test_readers.py::" in collected.stdout
+    assert "tests/unit/test_readers.py::" in collected.stdout
 
     subset = _run([py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *SUBSET], cwd=clone)
     report = subset.stdout[-4000:] + subset.stderr[-2000:]

@@ -13,7 +13,7 @@ import pytest
 
 from spt_stream.normalize import NormParams, normalize_batch
 from spt_stream.normalize import _core as core
-from tests.test_normalize_kernels import synthetic
+from tests.unit.test_normalize_kernels import synthetic
 
 
 def _lstsq_fit(energy: np.ndarray, y: np.ndarray, lo: int, hi: int, degree: int) -> np.ndarray:

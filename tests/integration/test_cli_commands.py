@@ -317,7 +317,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None
     assert f"plot: {png}" in stdout
 
     # The README's snippet asks for variables the demo's trace has.
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     (wanted,) = re.findall(r"^ds\[\[(.+?)\]\]", readme, flags=re.M)
     assert set(re.findall(r'"(\w+)"', wanted)) <= set(ds.variables)
     # The "open it with" line runs as printed, outside the venv too (the venv's interpreter).

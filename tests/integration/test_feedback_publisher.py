@@ -23,9 +23,7 @@ from spt_stream.feedback.publisher import PURPOSE, FeedbackPublisher
 from spt_stream.sinks.base import TraceSink
 from spt_stream.sinks.rows import Column2D, TraceRows
 
-SCHEMA_PATH = (
-    Path(__file__).resolve().parent.parent / "spt_stream/schemas/frame_feedback.schema.json"
-)
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "spt_stream/schemas/frame_feedback.schema.json"
 CLASSES = np.array([2.0, 3.0, 4.0])
 
 

@@ -45,7 +45,7 @@ from tests._trace_rows import (
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -52,9 +52,7 @@ from spt_stream.tiled_server import TiledServer
 from tests._procs import wait_until as _wait_until
 
 SPT_BIN = Path(sys.executable).with_name("spt-stream")
-SCHEMA_PATH = (
-    Path(__file__).resolve().parent.parent / "spt_stream/schemas/frame_feedback.schema.json"
-)
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "spt_stream/schemas/frame_feedback.schema.json"
 #: Frames per run and runs per test (kept small: the whole test must stay well under 60 s).
 FRAMES = 40
 RUNS = 2

@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: What pip printed during a real set-up that a user does not need.
 NOISE = """ERROR: pip's dependency resolver does not currently take into account all the packages \
