@@ -158,3 +158,19 @@ def test_queue_close_drains_then_signals() -> None:
         q.get(timeout=0.01)
     with pytest.raises(SptValueError):
         BoundedQueue(0)
+
+
+def test_queue_counts_weight_and_holds_it_until_done() -> None:
+    """Capacity in weight: an item heavier than the capacity fits an empty queue, weight 0 always
+    fits; with hold, a got item keeps its weight until done() (depth, high water in weight)."""
+    q: BoundedQueue[str] = BoundedQueue(10, name="rows", hold=True)
+    assert q.put("big", weight=25)
+    assert q.put("call", weight=0)
+    assert q.put("small", timeout=0.01, weight=1) is False
+    assert q.last() == "call"
+    assert q.get() == "big"
+    assert q.stats().depth == 25  # held while the consumer works on it
+    q.done(25)
+    assert q.put("small", timeout=0.01, weight=4)
+    st = q.stats()
+    assert (st.depth, st.high_water, st.put_timeouts, st.blocked) == (4, 25, 1, 0)

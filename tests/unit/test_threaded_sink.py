@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -11,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spt_stream.errors import SinkError, SinkTimeoutError
+from spt_stream.errors import SinkError, SinkTimeoutError, SptValueError
 from spt_stream.sinks.rows import TraceRows
-from spt_stream.sinks.threaded import ThreadedSink, ZarrSink, _Call
+from spt_stream.sinks.threaded import QueuePolicy, ThreadedSink, ZarrSink, _Call
 from spt_stream.sinks.zarr_trace import open_trace
 
 
@@ -110,4 +111,154 @@ def test_a_slow_sink_times_out_as_a_typed_timeout() -> None:
     assert isinstance(caught.value, TimeoutError)
     gate.set()
     sink.flush()
+    sink.close()
+
+
+# ---------------------------------------------------------------------------- QueuePolicy
+
+
+def _held(sink: ThreadedSink) -> threading.Event:
+    """Hold the sink thread on a call until the returned gate opens."""
+    gate = threading.Event()
+    sink._put(_Call(gate.wait, Future()))
+    return gate
+
+
+def test_rows_policy_counts_rows_including_the_write_in_flight() -> None:
+    """unit="rows": the capacity is in rows, a batch into an empty queue always fits, calls weigh
+    nothing, and rows stay counted until their write has ended (the write in flight too)."""
+    inner = _Recorder()
+    wrote = threading.Event()
+    release = threading.Event()
+    original = inner.write
+
+    def slow_write(run_uid: str, rows: TraceRows) -> None:
+        wrote.set()
+        release.wait(10)
+        original(run_uid, rows)
+
+    inner.write = slow_write  # type: ignore[method-assign]
+    policy = QueuePolicy(unit="rows", on_full="drop")
+    sink = ThreadedSink(inner, queue_size=10, coalesce_rows=4, policy=policy)
+    sink.write("r", _rows(0, 25))  # larger than the capacity: fits an empty queue
+    assert wrote.wait(5)
+    assert sink.stats["queue_depth"] == 25  # in flight, still counted
+    dropped: list[int] = []
+    sink._on_drop = lambda run, rows, reason: dropped.append(len(rows))
+    sink.write("r", _rows(25, 1))
+    assert dropped == [1]
+    sink.open_run("r2", {})  # a call: weight 0, never refused
+    release.set()
+    sink.flush(timeout=5)
+    assert sink.stats["queue_depth"] == 0
+    assert sink.stats["queue_high_water"] == 25
+    assert inner.writes == [25]
+    sink.close()
+
+
+def test_drop_policy_hands_dropped_rows_to_the_callback() -> None:
+    """on_full="drop": a write that does not fit is dropped at once, given to on_drop with the
+    reason, and never reaches the inner sink; the ones that fit all land."""
+    inner = _Recorder()
+    dropped: list[tuple[str, list[int], str]] = []
+    sink = ThreadedSink(
+        inner,
+        queue_size=8,
+        policy=QueuePolicy(unit="rows", on_full="drop"),
+        on_drop=lambda run, rows, reason: dropped.append((run, rows.seq_num.tolist(), reason)),
+    )
+    gate = _held(sink)
+    for start in range(0, 20, 4):
+        sink.write("r", _rows(start, 4))
+    assert sink.stats["blocked"] == 0
+    gate.set()
+    sink.flush(timeout=5)
+    assert sum(inner.writes) == 8
+    assert dropped == [("r", list(range(s, s + 4)), "queue full") for s in (8, 12, 16)]
+    sink.close()
+
+
+def test_block_policy_waits_then_drops_and_shows_the_wait() -> None:
+    """on_full="block" with block_timeout: a write waits that long for room (visible in stats
+    as blocked while it waits), then is dropped; with room made in time it is queued."""
+    inner = _Recorder()
+    dropped: list[int] = []
+    sink = ThreadedSink(
+        inner,
+        queue_size=4,
+        policy=QueuePolicy(unit="rows", on_full="block", block_timeout=0.3),
+        on_drop=lambda run, rows, reason: dropped.append(len(rows)),
+    )
+    gate = _held(sink)
+    sink.write("r", _rows(0, 4))
+    done = threading.Event()
+
+    def write_late() -> None:
+        sink.write("r", _rows(4, 4))
+        done.set()
+
+    threading.Thread(target=write_late).start()
+    time.sleep(0.1)
+    stats = sink.stats
+    assert stats["blocked"] == 1
+    assert stats["blocked_s"] > 0.05
+    assert done.wait(5)
+    assert dropped == [4]
+    assert sink.stats["blocked"] == 0
+    assert sink.stats["blocked_s"] >= 0.3
+    # room made while a write waits: it is queued, not dropped
+    late = threading.Thread(target=sink.write, args=("r", _rows(8, 4)))
+    late.start()
+    time.sleep(0.05)
+    gate.set()
+    late.join(5)
+    sink.flush(timeout=5)
+    assert dropped == [4]
+    assert sum(inner.writes) == 8
+    sink.close()
+
+
+def test_max_rows_per_write_caps_coalescing() -> None:
+    """A backlog is joined into writes that never exceed max_rows_per_write (a batch that would
+    take one past it starts the next write), and batches of another run are not joined."""
+    inner = _Recorder()
+    policy = QueuePolicy(unit="rows", max_rows_per_write=10)
+    sink = ThreadedSink(inner, queue_size=1000, coalesce_rows=10, policy=policy)
+    gate = _held(sink)
+    for start in range(0, 36, 4):
+        sink.write("r", _rows(start, 4))
+    sink.write("other", _rows(100, 4))
+    gate.set()
+    sink.flush(timeout=5)
+    assert inner.writes == [8, 8, 8, 8, 4, 4]
+    assert sink.pending == 0
+    sink.close()
+
+
+def test_policy_rejects_bad_settings() -> None:
+    with pytest.raises(SptValueError):
+        QueuePolicy(on_full="spill")  # type: ignore[arg-type]
+    with pytest.raises(SptValueError):
+        QueuePolicy(block_timeout=-1)
+    with pytest.raises(SptValueError):
+        QueuePolicy(max_rows_per_write=0)
+
+
+def test_repeated_flushes_of_a_stuck_sink_queue_one_flush() -> None:
+    """Flushes that time out on a stuck sink, with nothing queued since, wait on the same queued
+    flush instead of queueing one each."""
+    inner = _Recorder()
+    sink = ThreadedSink(inner, name="stuck")
+    gate = _held(sink)
+    for _ in range(5):
+        with pytest.raises(SinkTimeoutError):
+            sink.flush(timeout=0.01)
+    assert len(sink._queue) == 1
+    sink.write("r", _rows(0, 2))
+    with pytest.raises(SinkTimeoutError):
+        sink.flush(timeout=0.01)
+    assert len(sink._queue) == 3  # the write came after the queued flush: a new one behind it
+    gate.set()
+    sink.flush(timeout=5)
+    assert inner.flushed == 2
     sink.close()
