@@ -62,7 +62,7 @@ def simulated_spectra(
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """(energy grid eV, spectra (n, 400), potentials V) from the demo's quick-XAS devices,
     sampled along a full charge (Co3+ -> Co3.5+)."""
-    from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector
+    from spt_stream.devtools.demo.experiment import DelithiationCell, QuickXASDetector
 
     cell = DelithiationCell(name="cell", duration_s=100.0, x_end=0.5)
     det = QuickXASDetector(name="qxas", cell=cell, seed=1)
@@ -138,7 +138,7 @@ class Producer:
     def __init__(
         self, bootstrap: str, topic: str, spectra: np.ndarray[Any, Any], pots: np.ndarray[Any, Any]
     ) -> None:
-        from spt_stream.publish import KafkaDocumentPublisher
+        from spt_stream.transports.publish import KafkaDocumentPublisher
 
         self.pub = KafkaDocumentPublisher(bootstrap, topic)
         self.spectra = spectra

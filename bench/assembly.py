@@ -25,7 +25,7 @@ import msgpack_numpy
 import numpy as np
 from event_model import compose_run
 
-from spt_stream.ingest import DocumentIngest
+from spt_stream.assembly.ingest import DocumentIngest
 
 
 def make_documents(n_events: int, npts: int) -> list[tuple[str, dict[str, Any]]]:

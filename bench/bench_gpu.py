@@ -37,8 +37,8 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu needs a CUDA GPU")
-    from spt_stream.predictor import Predictor
-    from spt_stream.runtime import limit_compute_threads
+    from spt_stream.engine.pipeline import limit_compute_threads
+    from spt_stream.model.predictor import Predictor
 
     limit_compute_threads(1)
     batches = [int(b) for b in args.batches.split(",")]

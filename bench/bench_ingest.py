@@ -1,17 +1,17 @@
 """Kafka ingest throughput: reading a backlog of Bluesky documents from a real broker.
 
-Starts a local Tansu broker (:class:`spt_stream.broker.LocalBroker`), produces one run of
+Starts a local Tansu broker (:class:`spt_stream.devtools.broker.LocalBroker`), produces one run of
 ``--events`` event documents carrying ``--points``-point float64 spectra (plus start, descriptor
 with the energy grid as configuration, stop) in the bluesky-kafka wire format into a
 single-partition topic, then times reading the whole backlog from offset 0 with
-:class:`spt_stream.consumers.kafka.KafkaDocumentSource`:
+:class:`spt_stream.transports.kafka.KafkaDocumentSource`:
 
 * ``transport only``: kafka-python ``poll`` of the raw messages (no decode), the floor;
 * ``decode only``: the source with a handler that only counts;
-* ``decode + assembly``: the source feeding :class:`spt_stream.ingest.DocumentIngest`
+* ``decode + assembly``: the source feeding :class:`spt_stream.assembly.ingest.DocumentIngest`
   (frames counted; every event must become a frame).
 
-It also times :func:`spt_stream.wire.decode_document` alone on the encoded messages
+It also times :func:`spt_stream.transports.wire.decode_document` alone on the encoded messages
 (no Kafka). Wall time is from the first poll to the stop document; CPU time is this process's
 (all threads, including kafka-python's IO thread). Best of ``--repeat``.
 
@@ -33,12 +33,12 @@ import numpy as np
 from event_model import compose_run
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from spt_stream.broker import LocalBroker, create_topic
 from spt_stream.config import KafkaSettings
-from spt_stream.consumers.kafka import KafkaDocumentSource
+from spt_stream.devtools.broker import LocalBroker, create_topic
 from spt_stream.errors import SptError
 from spt_stream.protocols import Position
-from spt_stream.wire import decode_document, encode_document
+from spt_stream.transports.kafka import KafkaDocumentSource
+from spt_stream.transports.wire import decode_document, encode_document
 
 TOPIC = "bench.bluesky.runengine.documents"
 
@@ -161,7 +161,7 @@ def main() -> None:
         per_doc_cpu.append((time.process_time() - c0) / len(event_values))
 
     try:
-        from spt_stream.ingest import DocumentIngest
+        from spt_stream.assembly.ingest import DocumentIngest
     except ImportError:  # frame assembly not available: decode rows only
         DocumentIngest = None  # type: ignore[assignment,misc]
 

@@ -1,16 +1,19 @@
 """Live-engine benchmarks: feedback latency, backlog throughput and memory over a long run.
 
-Everything runs against a local Tansu broker (:class:`spt_stream.broker.LocalBroker`) with the
+Everything runs against a local Tansu broker (:class:`spt_stream.devtools.broker.LocalBroker`) with
+the
 packaged default model and the engine's packaged settings
 (``spt_stream/configs/engine.yaml``), in separate processes so each has its own interpreter:
 
 * this process: the broker, and the producer, which sends pre-built Bluesky documents (a real
   ``start``/``descriptor``/``stop`` from ``event_model.compose_run`` with ``md["spt"]``; events
   carrying 400-point Co K-edge spectra from the demo's simulated quick-XAS detector) with
-  :class:`spt_stream.publish.KafkaDocumentPublisher`, paced by a deadline loop; each event's
+  :class:`spt_stream.transports.publish.KafkaDocumentPublisher`, paced by a deadline loop; each
+  event's
   ``time`` is stamped just before it is sent;
-* the engine: :class:`~spt_stream.consumers.kafka.KafkaDocumentSource` (consumer group) feeding
-  :func:`spt_stream.runtime.build_pipeline` (Zarr trace under a temporary directory + per-frame
+* the engine: :class:`~spt_stream.transports.kafka.KafkaDocumentSource` (consumer group) feeding
+  :func:`spt_stream.engine.pipeline.build_pipeline` (Zarr trace under a temporary directory +
+  per-frame
   feedback topic), exactly what ``spt-stream run`` builds;
 * the agent: a plain kafka-python consumer of the feedback topic (explicit assignment, the
   engine's ``fetch_max_wait_ms``) recording when each :class:`FrameFeedback` message arrives.
@@ -126,9 +129,9 @@ def engine_child(cfg: Mapping[str, Any]) -> None:
     import logging
 
     from spt_stream.config import load_settings
-    from spt_stream.consumers.kafka import KafkaDocumentSource
-    from spt_stream.metrics import EngineMetrics
-    from spt_stream.runtime import build_pipeline
+    from spt_stream.engine.metrics import EngineMetrics
+    from spt_stream.engine.pipeline import build_pipeline
+    from spt_stream.transports.kafka import KafkaDocumentSource
 
     logging.basicConfig(level=logging.WARNING, format="engine: %(name)s: %(message)s")
 
@@ -320,8 +323,8 @@ def bench_latency(
     seconds: Sequence[float],
     fetch_wait_ms: int | None = None,
 ) -> None:
-    from spt_stream.broker import create_topic
     from spt_stream.config import load_settings
+    from spt_stream.devtools.broker import create_topic
 
     grid, spectra, pots = data
     topic, feedback = "bench.live.latency.documents", "bench.live.latency.feedback"
@@ -519,7 +522,7 @@ def _batches_in(
 def bench_backlog(
     bootstrap: str, tmp: Path, data: tuple[Any, Any, Any], frames: int, feedback: bool
 ) -> None:
-    from spt_stream.broker import create_topic
+    from spt_stream.devtools.broker import create_topic
 
     grid, spectra, pots = data
     tag = "fb" if feedback else "zarr"
@@ -615,7 +618,7 @@ def _frames_metric(port: int) -> int | None:
 def bench_memory(
     bootstrap: str, tmp: Path, data: tuple[Any, Any, Any], frames: int, per_run: int
 ) -> None:
-    from spt_stream.broker import create_topic, find_free_port
+    from spt_stream.devtools.broker import create_topic, find_free_port
     from spt_stream.sinks.zarr_trace import trace_path
 
     grid, spectra, pots = data
@@ -757,7 +760,7 @@ def main() -> None:
         ap.error("--seconds needs one value or one per rate")
     which = set(args.only or ["latency", "backlog", "memory"])
 
-    from spt_stream.broker import LocalBroker
+    from spt_stream.devtools.broker import LocalBroker
 
     print(
         f"# bench_live: {os.cpu_count()} CPUs, load average {loadavg()}, "

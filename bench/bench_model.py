@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from spt_stream.checkpoint import load_checkpoint
-from spt_stream.descriptors import load_descriptor_schema
-from spt_stream.models import SPTConfig, SPTInference
+from spt_stream.model.checkpoint import load_checkpoint
+from spt_stream.model.descriptors import load_descriptor_schema
+from spt_stream.model.network import SPTConfig, SPTInference
 from spt_stream.training.train import heads_from_schema
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     if args.compile:
         variants.append(("fp32 compiled", torch.compile(model, dynamic=False), False))
     if args.aot and dev.type == "cpu":
-        from spt_stream.aot import aot_forward
+        from spt_stream.model.aot import aot_forward
 
         biggest = max(int(s) for s in args.batches.split(","))
         fwd, info = aot_forward(model, max_batch=max(512, biggest), device=dev)

@@ -1,15 +1,18 @@
 """The first frames after start and between runs: a RunEngine publishing many short runs.
 
 What a beamline does: the engine is started, joins its consumer group and waits; then a bluesky
-RunEngine publishes run after run through Kafka (:class:`spt_stream.publish.KafkaDocumentPublisher`,
+RunEngine publishes run after run through Kafka
+(:class:`spt_stream.transports.publish.KafkaDocumentPublisher`,
 bluesky-kafka's wire format). Everything runs against one local Tansu broker
-(:class:`spt_stream.broker.LocalBroker`), in separate processes:
+(:class:`spt_stream.devtools.broker.LocalBroker`), in separate processes:
 
 * this process: the broker and the RunEngine, counting the demo's simulated operando devices
-  (``spt_stream.demo.experiment``: ``DelithiationCell`` and ``QuickXASDetector``, 400-point Co
+  (``spt_stream.devtools.demo.experiment``: ``DelithiationCell`` and ``QuickXASDetector``,
+  400-point Co
   K-edge spectra) with ``bluesky.plans.count(..., delay=1/rate)``, the demo's plan;
 * the engine: ``bench_live.py``'s engine child, i.e. :class:`KafkaDocumentSource` feeding
-  :func:`spt_stream.runtime.build_pipeline` (Zarr trace + feedback topic, the packaged settings),
+  :func:`spt_stream.engine.pipeline.build_pipeline` (Zarr trace + feedback topic, the packaged
+  settings),
   exactly what ``spt-stream run`` builds;
 * the agent: a kafka-python consumer of the feedback topic noting when each frame's message
   arrives.
@@ -87,8 +90,12 @@ def publish_runs(
     """The RunEngine: ``n_runs`` short runs then one long one; returns their uids and timings."""
     from bluesky import RunEngine
 
-    from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
-    from spt_stream.publish import KafkaDocumentPublisher
+    from spt_stream.devtools.demo.experiment import (
+        DelithiationCell,
+        QuickXASDetector,
+        delithiation_plan,
+    )
+    from spt_stream.transports.publish import KafkaDocumentPublisher
 
     cell = DelithiationCell(name="cell", duration_s=(n_runs * run_frames + long_frames) / rate)
     det = QuickXASDetector(name="qxas", cell=cell)
@@ -114,8 +121,8 @@ def bare_hops(bootstrap: str, rate: float, seconds: float, tmp: Path) -> np.ndar
     """``bench/kafka_relay.py`` at ``rate`` on this broker: producer -> relay -> agent, ms."""
     import kafka_relay
 
-    from spt_stream.broker import create_topic
     from spt_stream.config import KafkaSettings
+    from spt_stream.devtools.broker import create_topic
 
     ks = KafkaSettings()
     n = int(rate * seconds)
@@ -177,8 +184,8 @@ def main() -> None:
 
     import bench_live
 
-    from spt_stream.broker import LocalBroker, create_topic
     from spt_stream.config import load_settings
+    from spt_stream.devtools.broker import LocalBroker, create_topic
 
     print(f"# bench_runs: load average {loadavg()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
     fetch_wait = load_settings(None).kafka.fetch_max_wait_ms

@@ -72,7 +72,11 @@ def _page(url: str, stop: Any, counts: Any, idx: int) -> None:
 def _record_docs(frames: int) -> list[tuple[str, dict[str, Any]]]:
     from bluesky import RunEngine
 
-    from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
+    from spt_stream.devtools.demo.experiment import (
+        DelithiationCell,
+        QuickXASDetector,
+        delithiation_plan,
+    )
 
     docs: list[tuple[str, dict[str, Any]]] = []
     cell = DelithiationCell(name="cell", duration_s=1.0)
@@ -89,12 +93,16 @@ def _measure(
     from bluesky import RunEngine
 
     from spt_stream.config import load_settings
-    from spt_stream.consumers.inprocess import InProcessConsumer
-    from spt_stream.deadletter import MemoryDeadLetter
-    from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
-    from spt_stream.metrics import LatencyWindow
-    from spt_stream.runtime import build_pipeline
+    from spt_stream.devtools.demo.experiment import (
+        DelithiationCell,
+        QuickXASDetector,
+        delithiation_plan,
+    )
+    from spt_stream.engine.metrics import LatencyWindow
+    from spt_stream.engine.pipeline import build_pipeline
+    from spt_stream.sinks.deadletter import MemoryDeadLetter
     from spt_stream.sinks.zarr_trace import open_trace
+    from spt_stream.transports.inprocess import InProcessConsumer
 
     with tempfile.TemporaryDirectory(prefix="spt-bench-view-") as tmp:
         root = Path(tmp) / "traces"

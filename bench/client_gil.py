@@ -77,9 +77,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     args = ap.parse_args()
 
-    from spt_stream.broker import LocalBroker, create_topic
     from spt_stream.config import load_settings
-    from spt_stream.runtime import ModelRunner
+    from spt_stream.devtools.broker import LocalBroker, create_topic
+    from spt_stream.engine.pipeline import ModelRunner
 
     runner = ModelRunner(
         load_settings(None).model,

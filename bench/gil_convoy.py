@@ -39,8 +39,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from spt_stream.config import load_settings
-    from spt_stream.predictor import Backend
-    from spt_stream.runtime import ModelRunner
+    from spt_stream.engine.pipeline import ModelRunner
+    from spt_stream.model.predictor import Backend
 
     print(f"switch interval {sys.getswitchinterval() * 1e3:.1f} ms, batch {args.batch}\n")
     print(

@@ -122,8 +122,8 @@ def main() -> None:
 
     from _common import loadavg
 
-    from spt_stream.broker import LocalBroker, create_topic
     from spt_stream.config import KafkaSettings
+    from spt_stream.devtools.broker import LocalBroker, create_topic
 
     ks = KafkaSettings()
     wait = args.fetch_wait_ms if args.fetch_wait_ms is not None else ks.fetch_max_wait_ms

@@ -1,6 +1,7 @@
 """The naive ecosystem pipeline a beamline would assemble today, on the engine's workload.
 
-Same broker (a local Tansu, :class:`spt_stream.broker.LocalBroker`), same documents and same
+Same broker (a local Tansu, :class:`spt_stream.devtools.broker.LocalBroker`), same documents and
+same
 producer as ``bench_live.py`` (``bench/_common.py``: start/descriptor/stop from
 ``event_model.compose_run`` with ``md["spt"]``, events carrying 400-point Co K-edge spectra from
 the demo's simulated quick-XAS detector, sent with ``KafkaDocumentPublisher``, paced by a deadline
@@ -13,7 +14,8 @@ ecosystem tools, one frame at a time, in its own process:
 * the callback, per event: the spectrum and the descriptor's energy grid go to
   ``larch.xafs.pre_edge`` (a fresh ``larch.Group``, Larch's defaults: its own e0 search,
   ``nvict=0``); the flattened spectrum (``group.flat``, what the engine feeds the model) is
-  interpolated with ``numpy.interp`` onto the model grid (``spt_stream.grid.MODEL_GRID_REL`` + the
+  interpolated with ``numpy.interp`` onto the model grid (``spt_stream.core.grid.MODEL_GRID_REL`` +
+  the
   tabulated edge energy); the packaged model is called on that one spectrum
   (``Predictor.from_checkpoint(None, device="cpu").predict(norm[None], [element])``);
 * the result row (seq_num, time, e0, edge_step, the event's ``cell_potential``, every
@@ -24,7 +26,7 @@ ecosystem tools, one frame at a time, in its own process:
     write) on every array for every frame (chunks of 256 rows, as bench_zarr.py's "naive append");
   - ``tiled``: bluesky's ``TiledWriter`` (``batch_size=1``, its documented setting for streaming)
     fed an analysis run composed with ``event_model`` (start, descriptor, one event per frame,
-    stop) against a real local Tiled server (:class:`spt_stream.tiled_server.TiledServer`).
+    stop) against a real local Tiled server (:class:`spt_stream.devtools.tiled_server.TiledServer`).
 
 torch runs on one intra-op thread (``torch.set_num_threads(1)``) and the BLAS/OpenMP pools on one
 (threadpoolctl), the cap the engine sets for itself on this 2-core machine (cores - 1).
@@ -169,8 +171,8 @@ def naive_child(cfg: Mapping[str, Any]) -> None:
     from larch.xafs import pre_edge
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-    from spt_stream.grid import MODEL_GRID_REL, edge_energy
-    from spt_stream.predictor import Predictor
+    from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
+    from spt_stream.model.predictor import Predictor
 
     torch.set_num_threads(1)
     threadpool_limits(1)
@@ -355,7 +357,7 @@ def bench_variant(
 
     Returns (numbers, backlog table row, latency table rows).
     """
-    from spt_stream.broker import create_topic
+    from spt_stream.devtools.broker import create_topic
 
     grid, spectra, pots = data
     topic = f"bench.naive.{variant}.documents"
@@ -486,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ap.error("--seconds needs one value or one per rate")
     which = set(args.only or ["backlog", "latency"])
 
-    from spt_stream.broker import LocalBroker
     from spt_stream.config import load_settings
+    from spt_stream.devtools.broker import LocalBroker
 
     fetch_wait = args.fetch_wait_ms or load_settings(None).kafka.fetch_max_wait_ms
     print(
@@ -502,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         store: dict[str, Any] = {"zarr": str(tmp / "zarr")}
         if "tiled" in args.variants:
-            from spt_stream.tiled_server import TiledServer
+            from spt_stream.devtools.tiled_server import TiledServer
 
             t0 = time.perf_counter()
             (tmp / "tiled").mkdir()

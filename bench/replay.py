@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 from event_model import compose_run, sanitize_doc
 
-from spt_stream.consumers.files import replay_files
-from spt_stream.consumers.jsonl import replay_jsonl
+from spt_stream.assembly.ingest import DocumentIngest
 from spt_stream.data import REFERENCE_DIR
 from spt_stream.errors import SptError
-from spt_stream.ingest import DocumentIngest
 from spt_stream.protocols import Position
+from spt_stream.transports.files import replay_files
+from spt_stream.transports.jsonl import replay_jsonl
 
 REFERENCES = REFERENCE_DIR
 MN_SERIES = ["MnO_rt_01.xdi", "MnO2_rt_01.xdi", "Mn2O3_rt_01.xdi", "Mn3O4_rt_01.xdi"]

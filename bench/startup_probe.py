@@ -32,7 +32,7 @@ from _common import loadavg, make_run, simulated_spectra
 
 def _pipeline(tmp: str, **extra: Any) -> tuple[Any, float]:
     from spt_stream.config import load_settings
-    from spt_stream.runtime import build_pipeline
+    from spt_stream.engine.pipeline import build_pipeline
 
     settings = load_settings(
         None,

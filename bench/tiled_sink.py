@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spt_stream.broker import LocalBroker
+from spt_stream.devtools.broker import LocalBroker
 from spt_stream.feedback.publisher import FeedbackPublisher
 from spt_stream.sinks.arrow_rows import TableLayout
 from spt_stream.sinks.rows import Column2D, TraceRows

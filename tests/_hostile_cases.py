@@ -19,8 +19,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from spt_stream.grid import edge_energy
-from spt_stream.wire import encode_document
+from spt_stream.core.grid import edge_energy
+from spt_stream.transports.wire import encode_document
 from tests._spectra_docs import _endmembers
 
 __all__ = ["CATEGORIES", "Case", "generate_cases"]
@@ -155,7 +155,7 @@ class _Run:
 
 
 def _energy() -> np.ndarray[Any, Any]:
-    from spt_stream.demo.experiment import SCAN_REL
+    from spt_stream.devtools.demo.experiment import SCAN_REL
 
     return np.asarray(SCAN_REL + edge_energy("Co"), dtype=np.float64)
 
@@ -289,7 +289,7 @@ def _hostile_numpy(r: random.Random, run: _Run) -> Case:
 
 
 def _missing_field(r: random.Random, run: _Run) -> Case:
-    from spt_stream.ingest import REQUIRED_FIELDS
+    from spt_stream.assembly.ingest import REQUIRED_FIELDS
 
     name = r.choice(["event", "event", "descriptor", "stop", "start"])
     seq = run.fresh_seq()

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from bluesky.plans import count
 
+from spt_stream.assembly.ingest import DocumentIngest
+from spt_stream.core.frames import Frame
 from spt_stream.errors import SptError
-from spt_stream.frames import Frame
-from spt_stream.ingest import DocumentIngest
 from spt_stream.protocols import Position
 from tests.plugins.sim_xas import QuickXasDetector, make_run_engine
 

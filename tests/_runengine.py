@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from bluesky import RunEngine
 
-from spt_stream.consumers.inprocess import InProcessConsumer
-from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
+from spt_stream.devtools.demo.experiment import (
+    DelithiationCell,
+    QuickXASDetector,
+    delithiation_plan,
+)
 from spt_stream.engine import Engine
+from spt_stream.transports.inprocess import InProcessConsumer
 
 
 def run_delithiation(engine: Engine, frames: int, rate_hz: float, seed: int = 1) -> str:

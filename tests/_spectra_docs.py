@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from event_model import compose_run
 
-from spt_stream.demo.experiment import SCAN_REL, endmember_spectra
-from spt_stream.grid import edge_energy
+from spt_stream.core.grid import edge_energy
+from spt_stream.devtools.demo.experiment import SCAN_REL, endmember_spectra
 
 Docs = list[tuple[str, dict[str, Any]]]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from spt_stream.core.frames import FloatArray
 from spt_stream.errors import FrameError, Reason
-from spt_stream.frames import FloatArray
 
 __all__ = [
     "as_vector",

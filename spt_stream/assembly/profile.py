@@ -24,8 +24,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spt_stream.config import PROFILE_DIR, read_yaml
+from spt_stream.core.frames import Mode
 from spt_stream.errors import AssemblyError, ConfigError, Reason
-from spt_stream.frames import Mode
 
 __all__ = ["CHANNEL_ROLES", "BeamlineProfile", "RunHints", "load_profile", "parse_hints"]
 

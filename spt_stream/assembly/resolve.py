@@ -42,8 +42,8 @@ import numpy as np
 
 from spt_stream.assembly.kernels import as_vector, check_energy, frozen
 from spt_stream.assembly.profile import BeamlineProfile, RunHints, parse_hints
+from spt_stream.core.frames import FloatArray, Mode, RunInfo
 from spt_stream.errors import AssemblyError, FrameError, Reason
-from spt_stream.frames import FloatArray, Mode, RunInfo
 
 __all__ = ["DescriptorPlan", "StartContext", "resolve_descriptor", "run_info", "start_context"]
 

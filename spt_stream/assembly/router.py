@@ -1,4 +1,4 @@
-"""Frame assembly: Bluesky documents of interleaved runs -> :class:`~spt_stream.frames.Frame`.
+"""Frame assembly: Bluesky documents of interleaved runs -> :class:`~spt_stream.core.frames.Frame`.
 
 :class:`FrameAssembler` owns an ``event_model.RunRouter`` whose factory makes one private
 :class:`~spt_stream.assembly.run.RunAssembler` (an ``event_model.DocumentRouter``) per run, so
@@ -11,7 +11,7 @@ updated: ``on_problem(error, name, doc, document_fault)``. ``document_fault`` is
 document itself was fine and a derived product failed (a sweep too short, a run that never had a
 spectrum descriptor). Ordering problems found before routing (unknown run, event before its
 descriptor, duplicate uid) raise :class:`DocumentError`; the caller
-(:class:`spt_stream.ingest.DocumentIngest`) accounts for both. Exceptions raised by the
+(:class:`spt_stream.assembly.ingest.DocumentIngest`) accounts for both. Exceptions raised by the
 ``on_frame``/``on_run_start``/``on_run_stop`` callbacks are wrapped in :class:`CallbackError`
 and propagate.
 
@@ -34,8 +34,8 @@ from spt_stream.assembly.handlers import DEFAULT_HANDLERS
 from spt_stream.assembly.profile import BeamlineProfile, load_profile
 from spt_stream.assembly.run import CallbackError, RunAssembler, SptRunRouter, doc_error, seq_num_of
 from spt_stream.config import AssemblySettings
+from spt_stream.core.frames import Frame, RunInfo
 from spt_stream.errors import DocumentError, FrameError, Reason, SptError
-from spt_stream.frames import Frame, RunInfo
 from spt_stream.protocols import Position
 
 __all__ = ["CallbackError", "FrameAssembler", "ProblemCallback"]

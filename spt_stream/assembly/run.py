@@ -46,8 +46,8 @@ from spt_stream.assembly.resolve import (
     run_info,
     start_context,
 )
+from spt_stream.core.frames import Frame, RunInfo
 from spt_stream.errors import AssemblyError, DocumentError, FrameError, Reason, SptError
-from spt_stream.frames import Frame, RunInfo
 
 if TYPE_CHECKING:
     from spt_stream.assembly.router import FrameAssembler

@@ -1,9 +1,9 @@
 """Classical XANES descriptors of normalized spectra: pure numpy kernels, batched, no I/O.
 
 Input: normalized (flattened) mu on the model grid, ``(b, G)`` rows on ``grid_rel`` (eV relative
-to the tabulated edge energy, :data:`spt_stream.grid.MODEL_GRID_REL`), as the engine's
+to the tabulated edge energy, :data:`spt_stream.core.grid.MODEL_GRID_REL`), as the engine's
 normalization hands them to the model. All energies returned are RELATIVE to the tabulated edge
-(eV); add :func:`spt_stream.grid.edge_energy` for absolute values.
+(eV); add :func:`spt_stream.core.grid.edge_energy` for absolute values.
 
 Per row (NaN where a feature cannot be found, e.g. a NaN row or no edge crossing):
 
@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from spt_stream.grid import MODEL_GRID_REL
+from spt_stream.core.grid import MODEL_GRID_REL
 
 __all__ = [
     "FEATURE_UNITS",

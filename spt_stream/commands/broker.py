@@ -16,9 +16,9 @@ def broker(
     ),
 ) -> None:
     """Run a local Kafka-compatible broker until Ctrl-C (messages live in memory only)."""
-    from spt_stream.broker import LocalBroker
-    from spt_stream.consumers.kafka import install_stop_signals
+    from spt_stream.devtools.broker import LocalBroker
     from spt_stream.errors import BrokerError
+    from spt_stream.transports.kafka import install_stop_signals
 
     stop = threading.Event()
     restore = install_stop_signals(stop)

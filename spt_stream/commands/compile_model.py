@@ -20,8 +20,8 @@ __all__ = ["compile_model", "register"]
 def compile_model(config: ConfigOpt = None, model: ModelOpt = None) -> None:
     """Compile (or find in the cache) the AOT model the engine will load; needs a C++ compiler."""
     from spt_stream.config import load_settings
+    from spt_stream.engine.pipeline import ModelRunner
     from spt_stream.errors import SptError
-    from spt_stream.runtime import ModelRunner
 
     try:
         settings = load_settings(config, {"model": model} if model is not None else None)

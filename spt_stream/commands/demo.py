@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
 
         from spt_stream.commands._engine_options import configure_logging
-        from spt_stream.demo.run import prepare_out_dir, run_demo
+        from spt_stream.devtools.demo.run import prepare_out_dir, run_demo
         from spt_stream.errors import SptError
 
         console = Console(stderr=True, soft_wrap=True)  # error lines stay whole
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
                     import atexit
 
                     from spt_stream.config import TiledSettings
-                    from spt_stream.tiled_server import TiledServer
+                    from spt_stream.devtools.tiled_server import TiledServer
 
                     console.print("starting a local Tiled server")
                     tiled_server = TiledServer(workdir=out_dir / "tiled")

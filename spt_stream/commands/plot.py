@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         """Save a PNG: a descriptor with its uncertainty against time and potential, and the
         normalized spectra as a heat map."""
         from spt_stream.errors import SptError
-        from spt_stream.plot import plot_trace
+        from spt_stream.view.plot import plot_trace
 
         if not trace.exists():
             typer.echo(f"error: no trace store at {trace}", err=True)

@@ -1,10 +1,11 @@
 """``spt-stream predict FILE...``: spectrum files in, SPT descriptors out.
 
 Each file is read, normalized and put on the model grid exactly as the engine does, and all files
-go through the model in one batch (:func:`spt_stream.predict_files.predict_files`).
+go through the model in one batch (:func:`spt_stream.model.predict_files.predict_files`).
 
 ``--format json`` prints a JSON array, one record per input (its keys:
-:mod:`spt_stream.predict_files`); the table shows the descriptors with their uncertainty. A file
+:mod:`spt_stream.model.predict_files`); the table shows the descriptors with their uncertainty. A
+file
 that cannot be read, has no element, or cannot be normalized is reported on stderr by name; the
 others are still predicted and the exit code is 1 at the end.
 """
@@ -111,7 +112,7 @@ def register(app: typer.Typer) -> None:
         import sys
 
         from spt_stream.errors import SptError
-        from spt_stream.predict_files import predict_files
+        from spt_stream.model.predict_files import predict_files
 
         try:
             records, errors = predict_files(files, element, model, config)

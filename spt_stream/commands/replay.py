@@ -84,8 +84,8 @@ def register(app: typer.Typer) -> None:
             settings_overrides,
         )
         from spt_stream.config import load_settings
+        from spt_stream.engine.pipeline import build_pipeline
         from spt_stream.errors import SptError
-        from spt_stream.runtime import build_pipeline
 
         configure_logging(log_level)
         console = Console(stderr=True, soft_wrap=True)
@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
         problems: list[str] = []
         try:
             if kafka_topic is not None:
-                from spt_stream.consumers.kafka import KafkaDocumentSource
+                from spt_stream.transports.kafka import KafkaDocumentSource
 
                 kafka = settings.kafka.model_copy(update={"group_id": None})
                 topic_source = KafkaDocumentSource(
@@ -237,11 +237,11 @@ def _replay_each(
 ) -> list[str]:
     """Replay the sources (documents in order, then the spectrum files as one run); return
     one message per source that could not be read or held no run."""
-    from spt_stream.consumers.sources import DOCUMENT_SUFFIXES, replay_sources
+    from spt_stream.transports.sources import DOCUMENT_SUFFIXES, replay_sources
 
     runs: list[str] | dict[str, object] | None = list(run) if run else None
     if search:
-        from spt_stream.consumers.tiled_replay import parse_tiled_filter
+        from spt_stream.transports.tiled_replay import parse_tiled_filter
 
         runs = dict(parse_tiled_filter(search))
     documents = [

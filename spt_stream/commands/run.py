@@ -86,10 +86,10 @@ def register(app: typer.Typer) -> None:
             settings_overrides,
         )
         from spt_stream.config import load_settings
-        from spt_stream.consumers.kafka import KafkaDocumentSource, install_stop_signals
+        from spt_stream.engine.pipeline import build_pipeline
+        from spt_stream.engine.status import StatusView
         from spt_stream.errors import SptError
-        from spt_stream.runtime import build_pipeline
-        from spt_stream.status import StatusView
+        from spt_stream.transports.kafka import KafkaDocumentSource, install_stop_signals
 
         configure_logging(log_level)
         console = Console(stderr=True, soft_wrap=True)

@@ -3,13 +3,13 @@
 As quix-streams' ``Checkpoint.commit``: offsets of the transport (Kafka) are committed only after
 every sink has flushed what they cover, so a crash between the two re-delivers frames (skipped as
 duplicates by the primary trace) instead of losing them. A run's offsets stay uncommitted until
-its stop has been handled AND a later flush succeeded (see :mod:`spt_stream.offsets`).
+its stop has been handled AND a later flush succeeded (see :mod:`spt_stream.core.offsets`).
 
 The flush waits for the slowest sink (Tiled behind a slow server, or the feedback topic waiting
 for Tiled's barrier at a stop document: seconds); on the transport's thread that wait would stall
 every frame of every run. So the transport's thread only takes a snapshot (:class:`CommitJob`)
 and picks up its result at a later tick, one job at a time; the job runs on a thread of its own.
-The offset bookkeeping (:class:`~spt_stream.offsets.OffsetTracker`) stays on the transport's
+The offset bookkeeping (:class:`~spt_stream.core.offsets.OffsetTracker`) stays on the transport's
 thread.
 """
 
@@ -20,10 +20,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from spt_stream.core.offsets import OffsetTracker, TopicPartition
+from spt_stream.engine.metrics import EngineMetrics
 from spt_stream.engine.model_thread import ModelThread
 from spt_stream.errors import SinkTimeoutError, SptError
-from spt_stream.metrics import EngineMetrics
-from spt_stream.offsets import OffsetTracker, TopicPartition
 from spt_stream.protocols import Position
 from spt_stream.sinks.base import TraceSink
 

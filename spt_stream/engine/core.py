@@ -3,7 +3,7 @@
 ``Engine`` is the single :class:`~spt_stream.protocols.DocumentHandler` every transport feeds
 (Kafka, in-process ``RE.subscribe``, replays). Inside, on the transport's thread, in order:
 
-``DocumentIngest`` (frame assembly) -> :class:`~spt_stream.batching.MicroBatcher` (size cap,
+``DocumentIngest`` (frame assembly) -> :class:`~spt_stream.core.batching.MicroBatcher` (size cap,
 latency cap, flush at every stop document) -> :class:`~spt_stream.engine.model_stage.ModelStage`
 (batched normalization, one forward pass per batch, the classical stage, one
 :class:`~spt_stream.sinks.rows.TraceRows` per run) -> the primary sink (the Zarr trace), then the
@@ -33,23 +33,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from spt_stream._memory import trim_heap
 from spt_stream._version import __version__
-from spt_stream.batching import MicroBatcher
+from spt_stream.assembly.ingest import DocumentIngest
 from spt_stream.classical.tracking import ClassicalStage
 from spt_stream.config import EngineSettings
-from spt_stream.deadletter import DeadLetterSink
+from spt_stream.core._memory import trim_heap
+from spt_stream.core.batching import MicroBatcher
+from spt_stream.core.frames import Frame, RunInfo
 from spt_stream.engine.checkpointer import Checkpointer, CommitFn
 from spt_stream.engine.ledger import RunLedger, RunProgress
+from spt_stream.engine.metrics import EngineMetrics, sink_queues
 from spt_stream.engine.model_stage import ModelStage, Predictor
 from spt_stream.engine.model_thread import ModelThread
 from spt_stream.errors import SptError
-from spt_stream.frames import Frame, RunInfo
-from spt_stream.ingest import DocumentIngest
-from spt_stream.metrics import EngineMetrics, sink_queues
 from spt_stream.normalize.frames_to_grid import NormalizedBatch
 from spt_stream.protocols import NamedSink, Position, ResumableSink, ThreadBoundModel, WarmableSink
 from spt_stream.sinks.base import TraceSink
+from spt_stream.sinks.deadletter import DeadLetterSink
 
 __all__ = ["CommitFn", "Engine", "Predictor", "RunProgress"]
 
@@ -315,7 +315,7 @@ class Engine:
         self.checkpoint.run_closing(run_uid)
         self.metrics.open_runs.set(len(self.runs))
         if not self.runs:
-            trim_heap()  # between runs: give freed buffers back (see spt_stream._memory)
+            trim_heap()  # between runs: give freed buffers back (see spt_stream.core._memory)
         self.commit()
 
     # -- the batch path ------------------------------------------------------------------------
@@ -413,7 +413,7 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         """Numbers for the live status view (frames, latency quantiles, runs), and the sinks'
         queues: ``sinks`` (depth, capacity, high-water mark, ``blocked``, ``blocked_s`` per
-        queued sink, see :func:`spt_stream.metrics.sink_queues`) and ``backpressure`` (True
+        queued sink, see :func:`spt_stream.engine.metrics.sink_queues`) and ``backpressure`` (True
         while the engine waits on a full sink queue)."""
         p50, p99 = self.metrics.window.quantiles((0.5, 0.99))
         queues = sink_queues(self.sinks)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from spt_stream.frames import RunInfo
+from spt_stream.core.frames import RunInfo
 
 __all__ = ["RunLedger", "RunProgress"]
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from spt_stream.classical.tracking import ClassicalStage, load_reference_run
 from spt_stream.config import EngineSettings
+from spt_stream.core.frames import Frame
 from spt_stream.errors import SptError
-from spt_stream.frames import Frame
 from spt_stream.normalize import NormParams, normalize_frames
 from spt_stream.normalize.frames_to_grid import NormalizedBatch
 from spt_stream.protocols import BackendReporting, DescribedColumns, ElementAware, LockFreeModel
@@ -36,7 +36,7 @@ Arrays = dict[str, Column2D]
 
 
 class Predictor(Protocol):
-    """What the engine needs of a model (``spt_stream.predictor.Predictor`` provides it; the
+    """What the engine needs of a model (``spt_stream.model.predictor.Predictor`` provides it; the
     optional capabilities are the model Protocols of :mod:`spt_stream.protocols`)."""
 
     @property
@@ -167,7 +167,7 @@ class ModelStage:
         classical plans, the model's columns, the row builder) on synthetic frames, with a
         scratch classical stage (the engine's run state is not touched). Returns seconds per
         step and sample rows for the sinks' own warm-up (None if this failed: logged)."""
-        from spt_stream.grid import edge_energy
+        from spt_stream.core.grid import edge_energy
 
         times: dict[str, float] = {}
         known = tuple(elements or self.elements() or ("Co",))

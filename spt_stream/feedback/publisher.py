@@ -48,7 +48,7 @@ from spt_stream.feedback.derived import (
     frame_messages,
 )
 from spt_stream.sinks.rows import TraceRows
-from spt_stream.wire import encode_document
+from spt_stream.transports.wire import encode_document
 
 __all__ = ["PURPOSE", "FeedbackPublisher"]
 

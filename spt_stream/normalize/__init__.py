@@ -4,7 +4,7 @@
   of spectra sharing one grid (:mod:`.kernels`, :mod:`.e0`, :mod:`._core`);
 - :func:`calibration_shift`, :func:`resample_to_model_grid`: energy calibration and the model
   grid (:mod:`.resample`);
-- :func:`normalize_frames`: the engine path from :class:`~spt_stream.frames.Frame` objects to
+- :func:`normalize_frames`: the engine path from :class:`~spt_stream.core.frames.Frame` objects to
   model-grid rows (:mod:`.frames_to_grid`);
 - :class:`QualityFlag`: per-frame quality bits (:mod:`.flags`);
 - ``spt_stream.normalize.torch_kernels.normalize_batch_torch``: the same numbers in torch.

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from spt_stream.core.frames import Frame
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.errors import NormalizationError, SptValueError
-from spt_stream.frames import Frame
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.normalize.flags import EDGE_MISMATCH_EV, QualityFlag
 from spt_stream.normalize.kernels import normalize_batch
 from spt_stream.normalize.params import NormParams

@@ -3,11 +3,12 @@
 Calibration: a reference channel (typically a metal foil measured with every frame) has its e0
 found the Larch way (maximum of the smoothed derivative, which is how tabulated K-edge energies
 of metal foils are defined: the first inflection point); the shift that moves it onto the
-tabulated edge energy (xraydb, :func:`spt_stream.grid.edge_energy`) is then added to the frame's
+tabulated edge energy (xraydb, :func:`spt_stream.core.grid.edge_energy`) is then added to the
+frame's
 energy axis. A fixed shift from configuration is simply added to every energy.
 
 Resampling: the model grid is RELATIVE TO THE TABULATED EDGE of the frame's element (see
-:mod:`spt_stream.grid`: aligning each frame on its own e0 would erase the chemical shift, the
+:mod:`spt_stream.core.grid`: aligning each frame on its own e0 would erase the chemical shift, the
 strongest oxidation-state signal). Values are linearly interpolated from the (calibrated) energy
 axis. Grid points outside the measured range take the nearest measured value ("edge value"
 padding: 0-ish before the edge, ~1 after it for normalized spectra, which is what the model saw
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.normalize.e0 import find_e0
 from spt_stream.normalize.flags import MAX_CALIBRATION_SHIFT_EV, QualityFlag
 from spt_stream.normalize.params import E0Mode

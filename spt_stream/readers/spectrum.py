@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spt_stream.frames import FloatArray, Mode
+from spt_stream.core.frames import FloatArray, Mode
 
 __all__ = ["Spectrum"]
 

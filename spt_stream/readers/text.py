@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from spt_stream.core.frames import FloatArray, Mode
 from spt_stream.errors import ReaderError
-from spt_stream.frames import FloatArray, Mode
 from spt_stream.normalize.flags import QualityFlag
 from spt_stream.readers.spectrum import Spectrum
 

@@ -7,7 +7,7 @@
 - :mod:`.sampler`: plausible sites per element, mixed-valence pairs, and the recipe
   (``spt_stream/configs/simulate/*.yaml``);
 - :mod:`.generate`: deterministic parallel generation of a
-  :class:`~spt_stream.datasets.SpectraDataset`;
+  :class:`~spt_stream.training.datasets.SpectraDataset`;
 - :mod:`.calibrate`: fitting global parameters to measured references (``references``).
 
 Pure numpy/scipy at run time (larch only rebuilds the cached FEFF table, :mod:`.feff_tables`).

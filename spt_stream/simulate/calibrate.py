@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
+from spt_stream.core.frames import FloatArray
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.errors import ConfigError
-from spt_stream.frames import FloatArray
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.simulate.environment import SiteSpec, build_environment
 from spt_stream.simulate.physics import PhysicsParams, broaden, core_hole_width
 from spt_stream.simulate.pipeline import FINE_REL, FINE_STEP, fine_spectrum, normalize_to_model_grid

@@ -20,8 +20,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from spt_stream.core.frames import FloatArray
 from spt_stream.errors import SptValueError
-from spt_stream.frames import FloatArray
 
 __all__ = [
     "ANIONS",

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from spt_stream.frames import FloatArray
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
+from spt_stream.core.frames import FloatArray
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.simulate.environment import LocalEnvironment, build_environment
 from spt_stream.simulate.physics import PhysicsParams
 from spt_stream.simulate.pipeline import (
@@ -211,16 +211,17 @@ def generate_dataset(
     progress: Callable[[int], None] | None = None,
     recipe_source: str | None = None,
 ) -> Any:
-    """Generate ``n`` labelled spectra as a :class:`spt_stream.datasets.SpectraDataset`.
+    """Generate ``n`` labelled spectra as a :class:`spt_stream.training.datasets.SpectraDataset`.
 
-    Saved with :func:`spt_stream.datasets.save_dataset` when ``out`` is given. Each row is its
+    Saved with :func:`spt_stream.training.datasets.save_dataset` when ``out`` is given. Each row is
+    its
     own structure (``groups = row index``). ``params`` defaults to the recipe's physics file
     (``spt_stream/configs/simulate/calibrated.yaml``) or the built-in defaults. With
     ``recipe.mixture_prob > 0`` some rows are mixed-valence samples whose labels are site averages
     (fractional ``os``, ``cn``, ...; see :mod:`spt_stream.simulate.site_descriptors`).
     """
-    from spt_stream.datasets import SpectraDataset, save_dataset
     from spt_stream.simulate.calibrate import load_params
+    from spt_stream.training.datasets import SpectraDataset, save_dataset
 
     if params is None:
         params = PhysicsParams()

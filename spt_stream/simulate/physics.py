@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 from scipy.special import erf
 
+from spt_stream.core.frames import FloatArray
+from spt_stream.core.grid import edge_energy
 from spt_stream.errors import ConfigError
-from spt_stream.frames import FloatArray
-from spt_stream.grid import edge_energy
 from spt_stream.simulate.environment import LocalEnvironment
 from spt_stream.simulate.feff_tables import load_tables
 

@@ -4,7 +4,7 @@ Simulated spectra go through the SAME path as measured ones: a raw ``mu(E)`` on 
 energy grid (pre-edge background with slope/curvature, edge step not 1, atomic post-edge
 decline, noise, glitches, calibration offset, resolution, self-absorption-like damping), then
 :func:`spt_stream.normalize.normalize_batch` and resampling onto the model grid
-(:data:`spt_stream.grid.MODEL_GRID_REL`, relative to the TABULATED edge energy).
+(:data:`spt_stream.core.grid.MODEL_GRID_REL`, relative to the TABULATED edge energy).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spt_stream.frames import FloatArray
-from spt_stream.grid import edge_energy
+from spt_stream.core.frames import FloatArray
+from spt_stream.core.grid import edge_energy
 from spt_stream.simulate.environment import LocalEnvironment
 from spt_stream.simulate.physics import PhysicsParams, broaden, core_hole_width, site_spectrum
 

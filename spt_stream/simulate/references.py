@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from spt_stream.core.frames import FloatArray
 from spt_stream.data import REFERENCE_DIR
 from spt_stream.errors import ReaderError
-from spt_stream.frames import FloatArray
 from spt_stream.simulate.environment import SiteSpec
 
 __all__ = [

@@ -16,7 +16,7 @@ spreads, not the spread of the pooled bonds). A descriptor undefined on one site
 undefined (NaN) for the mixture.
 
 These are the simulator's labels; which of them the model predicts, and how, is the descriptor
-schema (:mod:`spt_stream.descriptors`).
+schema (:mod:`spt_stream.model.descriptors`).
 """
 
 from __future__ import annotations

@@ -41,9 +41,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from spt_stream.core.queues import BoundedQueue, QueueClosedError
 from spt_stream.errors import SinkError, SinkTimeoutError, SptError, SptValueError
 from spt_stream.protocols import WarmableSink
-from spt_stream.queues import BoundedQueue, QueueClosedError
 from spt_stream.sinks.rows import TraceRows
 
 __all__ = ["AbortableSink", "DropFn", "IdleSink", "QueuePolicy", "SyncSink", "ThreadedSink"]

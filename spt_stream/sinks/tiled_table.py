@@ -27,7 +27,7 @@ import numpy as np
 import tenacity
 from pydantic import SecretStr
 
-from spt_stream.backoff import RetryStoppedError, doubling, last_error, sleep_unless
+from spt_stream.core.backoff import RetryStoppedError, doubling, last_error, sleep_unless
 from spt_stream.errors import SinkError
 from spt_stream.sinks.arrow_rows import TableLayout, merge_ranges, seq_ranges
 from spt_stream.sinks.rows import TraceRows
@@ -283,7 +283,7 @@ class TiledTables:
         """Run ``fn`` until it succeeds; ``False`` on a permanent error or when aborted.
 
         tenacity runs the attempts: back-off ``retry_initial`` doubling to ``retry_max``; an
-        abort ends a wait at once (:func:`~spt_stream.backoff.sleep_unless`)."""
+        abort ends a wait at once (:func:`~spt_stream.core.backoff.sleep_unless`)."""
         kind, failures = _TRANSIENT, 0
 
         def once() -> None:

@@ -69,7 +69,7 @@ def _serve(conn: Connection, root: str, block_rows: int, fsync: bool) -> None:
     """The child: answer ``(op, args)`` requests with ``("ok", result)`` or ``("error", ...)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from spt_stream._memory import trim_heap
+    from spt_stream.core._memory import trim_heap
     from spt_stream.sinks.zarr_trace import ZarrTraceWriter
 
     try:
@@ -92,7 +92,7 @@ def _serve(conn: Connection, root: str, block_rows: int, fsync: bool) -> None:
             reply: tuple[str, Any] = ("error", (f"{type(exc).__name__}: {exc}", run_uid))
         else:
             reply = ("ok", result)
-            if op == "finalize":  # a run ended: give its freed buffers back (spt_stream._memory)
+            if op == "finalize":  # a run ended: give freed buffers back (core._memory)
                 trim_heap()
         try:
             conn.send(reply)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from spt_stream.datasets import SpectraDataset
-from spt_stream.descriptors import DescriptorSchema
+from spt_stream.model.descriptors import DescriptorSchema
+from spt_stream.training.datasets import SpectraDataset
 from spt_stream.training.evaluate import add_noise, descriptor_metrics
 from spt_stream.training.targets import nearest_class_index
 

@@ -27,7 +27,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from spt_stream.models import SPTInference
+from spt_stream.model.network import SPTInference
 
 __all__ = [
     "expected_calibration_error",

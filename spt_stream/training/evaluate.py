@@ -22,15 +22,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from spt_stream.datasets import SpectraDataset
-from spt_stream.descriptors import DescriptorSchema, DescriptorSpec
-from spt_stream.models import SPTInference
-from spt_stream.predictor import CONT_SUFFIX
+from spt_stream.model.descriptors import DescriptorSchema, DescriptorSpec
+from spt_stream.model.network import SPTInference
+from spt_stream.model.predictor import CONT_SUFFIX
 from spt_stream.training.calibration import (
     expected_calibration_error,
     reliability_table,
     std_calibration,
 )
+from spt_stream.training.datasets import SpectraDataset
 from spt_stream.training.targets import nearest_class_index, soft_class_targets
 
 __all__ = ["add_noise", "descriptor_metrics", "evaluate_model", "predict_arrays"]

@@ -26,7 +26,7 @@ import numpy as np
 
 from spt_stream.classical.edge_os import load_edge_calibration
 from spt_stream.classical.features import edge_features
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 
 __all__ = ["main", "operando_series", "sensitivity"]
 
@@ -99,7 +99,7 @@ def fidelity_rows(
 ) -> list[dict[str, Any]]:
     """One row per (element, pair, noise, method): slope, R^2, monotone fraction, end error."""
     from spt_stream.classical.tracking import ClassicalStage
-    from spt_stream.predictor import Predictor
+    from spt_stream.model.predictor import Predictor
     from spt_stream.simulate.sampler import MIXED_VALENCE
 
     predictor = Predictor.from_checkpoint(model)
@@ -134,7 +134,7 @@ def fidelity_rows(
 def sensitivity(model: Path | None, reference_dir: Path | None = None) -> list[dict[str, Any]]:
     """Per measured compound reference: d(os)/dE x (calibrated eV per unit), network and
     os_edge (module doc)."""
-    from spt_stream.predictor import Predictor
+    from spt_stream.model.predictor import Predictor
     from spt_stream.simulate.pipeline import normalize_to_model_grid
     from spt_stream.simulate.references import DEFAULT_REFERENCE_DIR, load_references
 

@@ -78,7 +78,7 @@ def evaluate_references(
 ) -> list[dict[str, Any]]:
     """One row per manifest entry: file, sample, element, nominal, network os/std/ood,
     os_edge/std, e_half (eV rel. E_tab); errors for the scored ones."""
-    from spt_stream.predict_files import predict_files
+    from spt_stream.model.predict_files import predict_files
 
     entries = _manifest(reference_dir)
     records, errors = predict_files([reference_dir / e["file"] for e in entries], None, model)
@@ -187,7 +187,7 @@ def mixture_series(
     """Real-data mixtures (module doc): per pair, fraction, nominal, predicted os and os_edge."""
     from spt_stream.classical.edge_os import load_edge_calibration
     from spt_stream.classical.features import edge_features
-    from spt_stream.predictor import Predictor
+    from spt_stream.model.predictor import Predictor
     from spt_stream.simulate.pipeline import normalize_to_model_grid
     from spt_stream.simulate.references import load_reference
 
@@ -319,7 +319,7 @@ def write_real_std(checkpoint: Path, real_std: dict[str, dict[str, float]]) -> N
     """Store the sim-to-real std in ``checkpoint``'s metadata (weights unchanged)."""
     import dataclasses
 
-    from spt_stream.checkpoint import load_checkpoint, save_checkpoint
+    from spt_stream.model.checkpoint import load_checkpoint, save_checkpoint
 
     model, meta = load_checkpoint(checkpoint, "cpu")
     extra = {**dict(meta.extra), "real_std": real_std}

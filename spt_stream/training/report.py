@@ -72,13 +72,13 @@ def calibration_table(metrics: Mapping[str, Any]) -> str:
 
 def compare_uncertainty(checkpoint: Path, toy_seed: int = 0, samples: int = 8) -> str:
     """Single-pass std vs MC dropout on the toy test split: cost and calibration (markdown)."""
-    from spt_stream.checkpoint import load_checkpoint
-    from spt_stream.datasets import split_by_group
+    from spt_stream.model.checkpoint import load_checkpoint
     from spt_stream.training.calibration import (
         expected_calibration_error,
         mc_dropout_outputs,
         std_calibration,
     )
+    from spt_stream.training.datasets import split_by_group
     from spt_stream.training.evaluate import _class_index
     from spt_stream.training.synthetic import make_toy_dataset
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import erf
 
-from spt_stream.datasets import SpectraDataset
-from spt_stream.grid import MODEL_GRID_REL
+from spt_stream.core.grid import MODEL_GRID_REL
+from spt_stream.training.datasets import SpectraDataset
 
 __all__ = ["TOY_DESCRIPTORS", "make_toy_dataset", "toy_spectra"]
 

@@ -40,13 +40,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from spt_stream import __version__
-from spt_stream.checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
 from spt_stream.config import read_yaml
-from spt_stream.datasets import SpectraDataset, load_dataset, split_by_group
-from spt_stream.descriptors import DescriptorSchema, load_descriptor_schema
+from spt_stream.core.grid import GRID_STEP_EV, MODEL_GRID_REL
 from spt_stream.errors import ConfigError, SptValueError
-from spt_stream.grid import GRID_STEP_EV, MODEL_GRID_REL
-from spt_stream.models import HeadSpec, SPTConfig, SPTInference
+from spt_stream.model.checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
+from spt_stream.model.descriptors import DescriptorSchema, load_descriptor_schema
+from spt_stream.model.network import HeadSpec, SPTConfig, SPTInference
+from spt_stream.training.datasets import SpectraDataset, load_dataset, split_by_group
 from spt_stream.training.targets import nearest_class_index, soft_class_targets
 
 __all__ = [
@@ -100,7 +100,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = "spt"
-    #: Dataset directory (:func:`spt_stream.datasets.save_dataset`); or ``toy`` below.
+    #: Dataset directory (:func:`spt_stream.training.datasets.save_dataset`); or ``toy`` below.
     dataset: Path | None = None
     toy: ToyDataSettings | None = None
     #: Optional explicit validation/test datasets; otherwise ``split`` by group.
@@ -111,7 +111,7 @@ class TrainConfig(BaseModel):
     descriptors: tuple[str, ...] | None = None
     descriptor_schema: Path | None = None
     loss_weights: dict[str, float] = Field(default_factory=dict)
-    #: Architecture overrides (fields of :class:`spt_stream.models.SPTConfig`).
+    #: Architecture overrides (fields of :class:`spt_stream.model.network.SPTConfig`).
     model: dict[str, Any] = Field(default_factory=dict)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -207,7 +207,7 @@ def encode(
     if ds.spectra.shape[1] != arch.n_points or not np.allclose(ds.energy_rel, MODEL_GRID_REL):
         raise SptValueError(
             f"dataset grid ({ds.spectra.shape[1]} points) is not the model grid; import it with "
-            "spt_stream.datasets.import_table to resample"
+            "spt_stream.training.datasets.import_table to resample"
         )
     el = torch.tensor([arch.element_index(str(e)) for e in ds.element], dtype=torch.long)
     cls: dict[str, Tensor] = {}

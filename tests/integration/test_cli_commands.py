@@ -24,12 +24,16 @@ from bluesky.callbacks.json_writer import JSONLinesWriter
 from event_model import sanitize_doc
 from typer.testing import CliRunner, Result
 
-from spt_stream.checkpoint import default_checkpoint_path, read_metadata
 from spt_stream.cli import COMMAND_MODULES, app
-from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
-from spt_stream.publish import KafkaDocumentPublisher
+from spt_stream.devtools.demo.experiment import (
+    DelithiationCell,
+    QuickXASDetector,
+    delithiation_plan,
+)
+from spt_stream.model.checkpoint import default_checkpoint_path, read_metadata
 from spt_stream.readers import read_spectrum
 from spt_stream.sinks.zarr_trace import open_trace
+from spt_stream.transports.publish import KafkaDocumentPublisher
 from tests._spectra_docs import compose_docs
 
 SPT_BIN = Path(sys.executable).with_name("spt-stream")

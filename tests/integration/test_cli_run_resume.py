@@ -34,8 +34,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from spt_stream.publish import KafkaDocumentPublisher
 from spt_stream.sinks.zarr_trace import open_trace
+from spt_stream.transports.publish import KafkaDocumentPublisher
 from tests._procs import wait_until as _wait_until
 from tests._spectra_docs import Docs, compose_docs
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from spt_stream.config import load_settings
-from spt_stream.deadletter import MemoryDeadLetter
+from spt_stream.core.frames import Frame
+from spt_stream.engine.pipeline import build_pipeline
 from spt_stream.errors import SptError
-from spt_stream.frames import Frame
+from spt_stream.model.predictor import PredictionBatch, Predictor
 from spt_stream.normalize import NormParams, normalize_frames
-from spt_stream.predictor import PredictionBatch, Predictor
 from spt_stream.readers import read_spectrum
-from spt_stream.runtime import build_pipeline
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from spt_stream.sinks.zarr_trace import open_trace
 from tests._runengine import run_delithiation
 

@@ -43,12 +43,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from spt_stream.broker import create_topic
+from spt_stream.devtools.broker import create_topic
+from spt_stream.devtools.tiled_server import TiledServer
 from spt_stream.feedback.derived import derived_run_uid
 from spt_stream.feedback.message import FrameFeedback
 from spt_stream.feedback.publisher import PURPOSE
 from spt_stream.sinks.zarr_trace import open_trace
-from spt_stream.tiled_server import TiledServer
 from tests._procs import wait_until as _wait_until
 
 SPT_BIN = Path(sys.executable).with_name("spt-stream")
@@ -75,7 +75,7 @@ def packaged_model() -> tuple[str, str, str, str]:
     ``"<name> <version>"``, the model string of frame messages and derived-run uids."""
     import hashlib
 
-    from spt_stream.checkpoint import default_checkpoint_path, read_metadata
+    from spt_stream.model.checkpoint import default_checkpoint_path, read_metadata
 
     path = default_checkpoint_path()
     meta = read_metadata(path)
@@ -221,7 +221,7 @@ class Experiment:
         from bluesky import RunEngine
         from bluesky_kafka import Publisher
 
-        from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector
+        from spt_stream.devtools.demo.experiment import DelithiationCell, QuickXASDetector
 
         self.cell = DelithiationCell(name="cell", duration_s=FRAMES / RATE_HZ)
         self.det = QuickXASDetector(name="qxas", cell=self.cell, seed=11)
@@ -249,7 +249,7 @@ class Experiment:
 
     def acquire(self) -> None:
         """Run the delithiation plan ``RUNS`` times (``FRAMES`` spectra each) and flush."""
-        from spt_stream.demo.experiment import delithiation_plan
+        from spt_stream.devtools.demo.experiment import delithiation_plan
 
         for _ in range(RUNS):
             self.RE(delithiation_plan(self.det, self.cell, frames=FRAMES, rate_hz=RATE_HZ))

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from spt_stream.config import load_settings
-from spt_stream.deadletter import MemoryDeadLetter
+from spt_stream.core.offsets import TopicPartition
 from spt_stream.engine import Engine
-from spt_stream.offsets import TopicPartition
+from spt_stream.engine.pipeline import ModelRunner
 from spt_stream.protocols import Position
-from spt_stream.runtime import ModelRunner
 from spt_stream.sinks.base import TraceSink
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from spt_stream.sinks.threaded import ZarrSink
 from spt_stream.sinks.tiled_trace import TiledTraceWriter
 from spt_stream.sinks.zarr_trace import committed_seq_nums

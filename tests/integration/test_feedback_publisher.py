@@ -16,7 +16,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from spt_stream.broker import create_topic
+from spt_stream.devtools.broker import create_topic
 from spt_stream.feedback.derived import FrameColumns, derived_run_uid, frame_messages
 from spt_stream.feedback.message import FrameFeedback
 from spt_stream.feedback.publisher import PURPOSE, FeedbackPublisher
@@ -209,7 +209,7 @@ def test_stop_waits_for_tiled(kafka_bootstrap: str, kafka_topic: str, tiled_serv
     seen_at_stop: dict[str, Any] = {}
 
     def agent() -> None:  # acts on the stop document, like a bluesky-adaptive 0.x agent
-        from spt_stream.wire import decode_document
+        from spt_stream.transports.wire import decode_document
 
         docs = [decode_document(r.value) for r in read_topic(kafka_bootstrap, kafka_topic, 8)]
         if docs and docs[-1][0] == "stop":

@@ -29,7 +29,11 @@ from typer.testing import CliRunner, Result
 from spt_stream.cli import app
 from spt_stream.commands._engine_options import PLAIN_FORMAT, configure_logging
 from spt_stream.config import load_settings
-from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
+from spt_stream.devtools.demo.experiment import (
+    DelithiationCell,
+    QuickXASDetector,
+    delithiation_plan,
+)
 from spt_stream.errors import ConfigError
 from spt_stream.normalize import NormParams
 from tests._replay_docs import record_run
@@ -147,7 +151,7 @@ def test_no_broker_one_line_per_retry_then_exit_1(tmp_path: Path) -> None:
     records = [line for line in err.splitlines() if RECORD.match(line)]
     retries = [line for line in records if "cannot reach Kafka at 127.0.0.1:1" in line]
     assert 1 <= len(retries) <= 4, err
-    assert all(" WARNING spt_stream.consumers.kafka: " in line for line in retries)
+    assert all(" WARNING spt_stream.transports.kafka: " in line for line in retries)
     assert not [line for line in records if " kafka." in line.split(":")[2][:20]], err
     assert len(err.splitlines()) < 15, err
     assert "Traceback" not in err

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient
 
-from spt_stream.broker import LocalBroker, create_topic, find_free_port, wait_for_broker
+from spt_stream.devtools.broker import LocalBroker, create_topic, find_free_port, wait_for_broker
 from spt_stream.errors import BrokerError
 
 pytestmark = pytest.mark.kafka

@@ -15,10 +15,10 @@ import pytest
 from kafka import KafkaProducer
 
 from spt_stream.config import KafkaSettings
-from spt_stream.consumers.kafka import KafkaDocumentSource
 from spt_stream.errors import SptError
 from spt_stream.protocols import Position
-from spt_stream.wire import encode_document
+from spt_stream.transports.kafka import KafkaDocumentSource
+from spt_stream.transports.wire import encode_document
 
 pytestmark = pytest.mark.kafka
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from spt_stream.broker import LocalBroker, create_topic, find_free_port
 from spt_stream.config import KafkaSettings
-from spt_stream.consumers.kafka import KafkaDocumentSource, install_stop_signals
+from spt_stream.devtools.broker import LocalBroker, create_topic, find_free_port
 from spt_stream.errors import ConfigError, DecodeError, SptError
 from spt_stream.protocols import DocumentHandler, Position
-from spt_stream.wire import encode_document
+from spt_stream.transports.kafka import KafkaDocumentSource, install_stop_signals
+from spt_stream.transports.wire import encode_document
 
 pytestmark = pytest.mark.kafka
 
@@ -316,7 +316,7 @@ def test_start_offsets_replay_from_offset(kafka_bootstrap: str, kafka_topic: str
 def test_broker_restart_mid_consumption(caplog: pytest.LogCaptureFixture) -> None:
     """Broker stops and comes back on the same port: the source logs it, reconnects and reads
     what is produced after the restart, without raising."""
-    caplog.set_level(logging.WARNING, logger="spt_stream.consumers.kafka")
+    caplog.set_level(logging.WARNING, logger="spt_stream.transports.kafka")
     port = find_free_port()
     topic = "test.restart.documents"
     broker = LocalBroker(port=port).start()
@@ -350,7 +350,7 @@ def test_broker_restart_mid_consumption(caplog: pytest.LogCaptureFixture) -> Non
 def test_source_waits_for_a_broker_that_is_not_up_yet(caplog: pytest.LogCaptureFixture) -> None:
     """Started before any broker listens, the source retries with backoff (logging it), then
     reads once the broker and topic appear; no client threads leak from failed attempts."""
-    caplog.set_level(logging.WARNING, logger="spt_stream.consumers.kafka")
+    caplog.set_level(logging.WARNING, logger="spt_stream.transports.kafka")
     broker = LocalBroker(port=find_free_port())
     topic = "test.late.documents"
     threads_before = threading.active_count()

@@ -15,8 +15,8 @@ import pytest
 from bluesky.callbacks.tiled_writer import TiledWriter
 from tiled.client import from_uri
 
-from spt_stream.consumers.tiled_replay import parse_tiled_filter, replay_tiled
 from spt_stream.errors import ConfigError, DocumentError, SourceError
+from spt_stream.transports.tiled_replay import parse_tiled_filter, replay_tiled
 from tests._replay_docs import (
     Docs,
     Recorder,

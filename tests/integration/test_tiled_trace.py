@@ -125,7 +125,7 @@ def test_redelivered_batches_are_not_duplicated(tiled_server: Any) -> None:
 
 def test_unreachable_tiled_never_blocks_the_caller() -> None:
     """With nothing listening, writes return within the block timeout and overflow is a gap."""
-    from spt_stream.broker import find_free_port
+    from spt_stream.devtools.broker import find_free_port
 
     writer = TiledTraceWriter(
         f"http://127.0.0.1:{find_free_port()}",

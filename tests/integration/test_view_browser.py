@@ -24,7 +24,7 @@ import pytest
 webdriver = pytest.importorskip("selenium.webdriver")
 pytest.importorskip("uvicorn")
 
-from spt_stream.broker import find_free_port  # noqa: E402
+from spt_stream.devtools.broker import find_free_port  # noqa: E402
 from spt_stream.sinks.zarr_trace import ZarrTraceWriter, open_trace  # noqa: E402
 from spt_stream.view.app import ViewOptions, create_app  # noqa: E402
 from spt_stream.view.server import ViewServer  # noqa: E402
@@ -112,10 +112,14 @@ def test_live_run_streams_into_an_open_page(browser: Any, tmp_path: Path) -> Non
     from bluesky import RunEngine
 
     from spt_stream.config import load_settings
-    from spt_stream.consumers.inprocess import InProcessConsumer
-    from spt_stream.deadletter import MemoryDeadLetter
-    from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
-    from spt_stream.runtime import build_pipeline
+    from spt_stream.devtools.demo.experiment import (
+        DelithiationCell,
+        QuickXASDetector,
+        delithiation_plan,
+    )
+    from spt_stream.engine.pipeline import build_pipeline
+    from spt_stream.sinks.deadletter import MemoryDeadLetter
+    from spt_stream.transports.inprocess import InProcessConsumer
 
     root = tmp_path / "traces"
     root.mkdir()

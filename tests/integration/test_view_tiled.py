@@ -29,8 +29,8 @@ with warnings.catch_warnings():  # "use httpx2": the installed starlette's own t
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from spt_stream.broker import find_free_port
 from spt_stream.config import TiledSettings
+from spt_stream.devtools.broker import find_free_port
 from spt_stream.sinks.tiled_trace import TiledTraceWriter
 from spt_stream.sinks.zarr_trace import ZarrTraceWriter
 from spt_stream.view.app import ViewOptions, create_app

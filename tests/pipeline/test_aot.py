@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-import spt_stream.aot as aot
+import spt_stream.model.aot as aot
 from spt_stream.config import load_settings
-from spt_stream.deadletter import MemoryDeadLetter
+from spt_stream.engine.pipeline import ModelRunner, build_pipeline
 from spt_stream.errors import ModelError
-from spt_stream.predictor import Predictor
-from spt_stream.runtime import ModelRunner, build_pipeline
+from spt_stream.model.predictor import Predictor
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from spt_stream.sinks.zarr_trace import open_trace
 from tests._runengine import run_delithiation
 
@@ -162,7 +162,7 @@ def test_auto_falls_back_to_eager_without_a_compiler(
     monkeypatch.setenv("PATH", str(tmp_path))  # no c++ / g++ / clang++ anywhere
     monkeypatch.setenv("CXX", "no-such-compiler")
     assert aot.aot_available() is not None
-    with caplog.at_level(logging.WARNING, logger="spt_stream.predictor"):
+    with caplog.at_level(logging.WARNING, logger="spt_stream.model.predictor"):
         p = Predictor.from_checkpoint(None, device="cpu", backend="auto", aot_cache_dir=tmp_path)
     assert p.backend == "eager"
     assert "no C++ compiler" in caplog.text
@@ -176,7 +176,7 @@ def test_failed_compile_auto_falls_back_explicit_raises(
         raise RuntimeError("inductor exploded")
 
     monkeypatch.setattr(aot, "_compile", broken)
-    with caplog.at_level(logging.WARNING, logger="spt_stream.predictor"):
+    with caplog.at_level(logging.WARNING, logger="spt_stream.model.predictor"):
         p = Predictor.from_checkpoint(None, device="cpu", backend="auto", aot_cache_dir=tmp_path)
     assert p.backend == "eager"
     assert "inductor exploded" in caplog.text
@@ -337,7 +337,7 @@ def test_first_start_serves_at_once_then_switches_to_aot(
             "compute_threads": 1,  # the key of the package compiled above
         },
     )
-    with caplog.at_level(logging.INFO, logger="spt_stream.runtime"):
+    with caplog.at_level(logging.INFO, logger="spt_stream.engine.pipeline"):
         t0 = time.monotonic()
         pipe = build_pipeline(settings, dead_letter=MemoryDeadLetter())
         try:
@@ -383,7 +383,7 @@ def test_background_compiler_process_finds_or_builds_the_package(
     leaves without compiling; the engine then loads the package, which matches eager."""
     import shutil
 
-    from spt_stream.predictor import _Packed
+    from spt_stream.model.predictor import _Packed
 
     assert compiled.aot_info is not None
     done: list[tuple[object, dict[str, object], BaseException | None]] = []
@@ -433,7 +433,7 @@ def test_closing_the_engine_stops_a_compile_still_running(
             "compute_threads": 1,
         },
     )
-    with caplog.at_level(logging.INFO, logger="spt_stream.runtime"):
+    with caplog.at_level(logging.INFO, logger="spt_stream.engine.pipeline"):
         pipe = build_pipeline(settings, dead_letter=MemoryDeadLetter())
         job = pipe.model.predictor.background
         assert job is not None

@@ -11,7 +11,7 @@ import pytest
 from event_model import pack_event_page
 from ophyd.sim import SynAxis, SynSignalWithRegistry
 
-from spt_stream.frames import Frame
+from spt_stream.core.frames import Frame
 from tests.plugins.sim_xas import (
     Docs,
     QuickXasDetector,
@@ -260,7 +260,7 @@ def test_registry_backed_detector_missing_file(tmp_path: Any) -> None:
 
 
 def test_frames_are_frames(quick_xas_docs: Docs) -> None:
-    """The callback receives spt_stream.frames.Frame instances with float64 arrays."""
+    """The callback receives spt_stream.core.frames.Frame instances with float64 arrays."""
     frames, _, _ = feed(quick_xas_docs)
     assert all(isinstance(f, Frame) for f in frames)
     assert all(f.mu.dtype == np.float64 and f.energy.dtype == np.float64 for f in frames)
@@ -330,7 +330,7 @@ def test_npy_stack_resource(tmp_path: Any) -> None:
 
 def test_open_run_positions_name_the_start(quick_xas_docs: Docs) -> None:
     """While a run is open, its start document's position is reported (safe commit point)."""
-    from spt_stream.ingest import DocumentIngest
+    from spt_stream.assembly.ingest import DocumentIngest
     from spt_stream.protocols import Position
 
     ingest = DocumentIngest(lambda f: None)

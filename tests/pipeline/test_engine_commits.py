@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from spt_stream.config import load_settings
-from spt_stream.deadletter import MemoryDeadLetter
+from spt_stream.core.offsets import TopicPartition
 from spt_stream.engine import Engine
-from spt_stream.offsets import TopicPartition
+from spt_stream.engine.pipeline import ModelRunner
 from spt_stream.protocols import Position
-from spt_stream.runtime import ModelRunner
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from spt_stream.sinks.threaded import ZarrSink
 from spt_stream.sinks.zarr_trace import committed_seq_nums
 from tests._spectra_docs import compose_docs

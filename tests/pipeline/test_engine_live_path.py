@@ -14,9 +14,9 @@ import torch
 from event_model import compose_run
 
 from spt_stream.config import load_settings
-from spt_stream.demo.experiment import SCAN_REL, endmember_spectra
-from spt_stream.grid import edge_energy
-from spt_stream.runtime import ModelRunner, build_pipeline, limit_compute_threads
+from spt_stream.core.grid import edge_energy
+from spt_stream.devtools.demo.experiment import SCAN_REL, endmember_spectra
+from spt_stream.engine.pipeline import ModelRunner, build_pipeline, limit_compute_threads
 from spt_stream.sinks.rows import TraceRows
 from spt_stream.sinks.threaded import ThreadedSink
 from spt_stream.sinks.zarr_trace import committed_seq_nums, trace_path

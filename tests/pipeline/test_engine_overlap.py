@@ -15,9 +15,9 @@ from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
 from spt_stream.config import load_settings
 from spt_stream.engine import Engine
+from spt_stream.engine.pipeline import ModelRunner, Pipeline, build_pipeline
 from spt_stream.errors import SinkError
-from spt_stream.predictor import Predictor
-from spt_stream.runtime import ModelRunner, Pipeline, build_pipeline
+from spt_stream.model.predictor import Predictor
 from spt_stream.sinks.rows import Column2D, TraceRows
 from spt_stream.sinks.zarr_trace import open_trace
 from tests.pipeline.test_engine_live_path import _run_documents
@@ -230,6 +230,6 @@ def test_compiled_batch_shapes_are_bounded() -> None:
 
 def test_trim_heap_runs_here() -> None:
     """The heap trim the engine does between runs works on this (glibc) machine."""
-    from spt_stream._memory import trim_heap
+    from spt_stream.core._memory import trim_heap
 
     assert trim_heap() is True

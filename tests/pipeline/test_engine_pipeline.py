@@ -24,14 +24,18 @@ from kafka import KafkaConsumer
 
 import spt_stream
 from spt_stream.config import EngineSettings, load_settings
-from spt_stream.consumers.inprocess import InProcessConsumer
-from spt_stream.consumers.jsonl import replay_jsonl
-from spt_stream.consumers.kafka import KafkaDocumentSource
-from spt_stream.deadletter import MemoryDeadLetter
-from spt_stream.demo.experiment import DelithiationCell, QuickXASDetector, delithiation_plan
-from spt_stream.publish import KafkaDocumentPublisher
-from spt_stream.runtime import ModelRunner, build_pipeline
+from spt_stream.devtools.demo.experiment import (
+    DelithiationCell,
+    QuickXASDetector,
+    delithiation_plan,
+)
+from spt_stream.engine.pipeline import ModelRunner, build_pipeline
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from spt_stream.sinks.zarr_trace import open_trace
+from spt_stream.transports.inprocess import InProcessConsumer
+from spt_stream.transports.jsonl import replay_jsonl
+from spt_stream.transports.kafka import KafkaDocumentSource
+from spt_stream.transports.publish import KafkaDocumentPublisher
 
 SCHEMA = json.loads(
     (Path(spt_stream.__file__).parent / "schemas" / "frame_feedback.schema.json").read_text()

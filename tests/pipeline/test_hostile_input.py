@@ -5,11 +5,11 @@ message values: random bytes, random msgpack, truncated and bit-flipped valid me
 msgpack-numpy arrays, documents with missing or wrong-typed fields, events of unknown
 descriptors, arrays beyond ``assembly.max_points``, NaN/inf spectra, wrong shapes, bad
 ``seq_num`` s and bad names, mixed with valid events of two runs. Each is delivered exactly as
-:class:`~spt_stream.consumers.kafka.KafkaDocumentSource` delivers a message: decoded by
-:func:`~spt_stream.wire.decode_document`; a :class:`DecodeError` goes to
+:class:`~spt_stream.transports.kafka.KafkaDocumentSource` delivers a message: decoded by
+:func:`~spt_stream.transports.wire.decode_document`; a :class:`DecodeError` goes to
 ``engine.reject(error, value, position)``, anything else to ``engine(name, doc, position)``,
 and an :class:`SptError` raised by that to ``engine.reject``. The engine comes from
-:func:`~spt_stream.runtime.build_pipeline` (packaged model, Zarr trace, memory dead letter).
+:func:`~spt_stream.engine.pipeline.build_pipeline` (packaged model, Zarr trace, memory dead letter).
 
 What "accounted for" means, per case (the deltas of ``engine.ingest.counts`` across it):
 
@@ -43,15 +43,15 @@ import numpy as np
 import pytest
 
 from spt_stream.config import load_settings
-from spt_stream.deadletter import MemoryDeadLetter
 from spt_stream.engine import Engine
+from spt_stream.engine.pipeline import ModelRunner, Pipeline, build_pipeline
 from spt_stream.errors import DecodeError, SptError
 from spt_stream.normalize.flags import QualityFlag
 from spt_stream.protocols import Position
-from spt_stream.runtime import ModelRunner, Pipeline, build_pipeline
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from spt_stream.sinks.rows import TraceRows
 from spt_stream.sinks.zarr_trace import open_trace
-from spt_stream.wire import decode_document, encode_document
+from spt_stream.transports.wire import decode_document, encode_document
 from tests._hostile_cases import CATEGORIES, MAX_POINTS, Case, generate_cases
 from tests._spectra_docs import compose_docs
 

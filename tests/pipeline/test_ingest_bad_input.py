@@ -15,13 +15,13 @@ from event_model import pack_event_page
 from ophyd import Signal
 from ophyd.sim import SynAxis
 
+from spt_stream.assembly.ingest import DocumentIngest
 from spt_stream.config import AssemblySettings
-from spt_stream.consumers.inprocess import InProcessConsumer
-from spt_stream.deadletter import DeadLetterFile, MemoryDeadLetter
+from spt_stream.core.frames import Frame
 from spt_stream.errors import DecodeError
-from spt_stream.frames import Frame
-from spt_stream.ingest import DocumentIngest
 from spt_stream.protocols import DocumentHandler, Position
+from spt_stream.sinks.deadletter import DeadLetterFile, MemoryDeadLetter
+from spt_stream.transports.inprocess import InProcessConsumer
 from tests.plugins.sim_xas import Docs, QuickXasDetector, feed, make_run_engine, scaler_channels
 
 GRID = list(np.linspace(7090.0, 7170.0, 25))

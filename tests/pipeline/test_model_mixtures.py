@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from spt_stream.datasets import SpectraDataset, save_dataset
-from spt_stream.descriptors import load_descriptor_schema
+from spt_stream.core.grid import MODEL_GRID_REL
 from spt_stream.errors import SptValueError
-from spt_stream.grid import MODEL_GRID_REL
+from spt_stream.model.descriptors import load_descriptor_schema
 from spt_stream.training.calibration import expected_calibration_error, fit_temperature
+from spt_stream.training.datasets import SpectraDataset, save_dataset
 from spt_stream.training.synthetic import toy_spectra
 from spt_stream.training.targets import nearest_class_index, soft_class_targets
 from spt_stream.training.train import TrainConfig, train
@@ -152,8 +152,8 @@ def test_regression_head_is_served_as_os_with_the_classifier_as_probs(tmp_path: 
     sim-to-real std in quadrature (``*`` for elements without references)."""
     import dataclasses
 
-    from spt_stream.checkpoint import load_checkpoint, save_checkpoint
-    from spt_stream.predictor import Predictor
+    from spt_stream.model.checkpoint import load_checkpoint, save_checkpoint
+    from spt_stream.model.predictor import Predictor
 
     save_dataset(_toy_mixtures(320, 0), tmp_path / "tr")
     save_dataset(_toy_mixtures(160, 1), tmp_path / "te")
@@ -201,8 +201,8 @@ def test_chemical_shift_augmentation_moves_spectrum_and_state_together() -> None
     """A compound's spectrum shifted by delta eV carries its os labels moved by delta/slope;
     metals (os < 1) and unlabelled rows are left alone; the class target stays two-hot."""
     from spt_stream.classical.features import edge_features
-    from spt_stream.descriptors import load_descriptor_schema
-    from spt_stream.models import SPTConfig, SPTInference
+    from spt_stream.model.descriptors import load_descriptor_schema
+    from spt_stream.model.network import SPTConfig, SPTInference
     from spt_stream.training.train import (
         AugmentSettings,
         EncodedSet,

@@ -16,10 +16,10 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from spt_stream.checkpoint import default_checkpoint_path, load_checkpoint
 from spt_stream.commands import predict as predict_cmd
 from spt_stream.errors import CheckpointError, SptValueError
-from spt_stream.predictor import Predictor
+from spt_stream.model.checkpoint import default_checkpoint_path, load_checkpoint
+from spt_stream.model.predictor import Predictor
 from spt_stream.training.calibration import mc_dropout_outputs
 from spt_stream.training.train import TrainConfig, TrainResult, train
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from event_model import DocumentNames, schema_validators
 
-from spt_stream.consumers.files import compose_spectra_run, replay_files
 from spt_stream.errors import AssemblyError, ReaderError
 from spt_stream.protocols import Position
 from spt_stream.readers import read_spectrum
+from spt_stream.transports.files import compose_spectra_run, replay_files
 from tests._replay_docs import Recorder, assert_same_documents, frames_of
 
 #: The Mn oxide XDI series (SSRL 4-3, one session), in the order of their Scan.start_time.

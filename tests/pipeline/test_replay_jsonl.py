@@ -11,9 +11,9 @@ import pytest
 from bluesky.callbacks.json_writer import JSONLinesWriter, JSONWriter
 from event_model import sanitize_doc
 
-from spt_stream.consumers.jsonl import iter_jsonl_documents, parse_jsonl_line, replay_jsonl
 from spt_stream.errors import DecodeError
 from spt_stream.protocols import DocumentHandler, Position
+from spt_stream.transports.jsonl import iter_jsonl_documents, parse_jsonl_line, replay_jsonl
 from tests._replay_docs import (
     Callback,
     Docs,

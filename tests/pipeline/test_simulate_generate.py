@@ -12,11 +12,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from spt_stream.datasets import load_dataset
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.simulate.generate import generate_arrays, generate_dataset
 from spt_stream.simulate.physics import PhysicsParams
 from spt_stream.simulate.sampler import Recipe
+from spt_stream.training.datasets import load_dataset
 
 RECIPE = Recipe(chunk_size=6)
 

@@ -34,15 +34,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from spt_stream.config import EngineSettings, load_settings
-from spt_stream.deadletter import MemoryDeadLetter
 from spt_stream.engine import Engine
-from spt_stream.runtime import ModelRunner
+from spt_stream.engine.pipeline import ModelRunner
+from spt_stream.engine.status import render_status
 from spt_stream.sinks.base import TraceSink
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from spt_stream.sinks.rows import TraceRows
 from spt_stream.sinks.threaded import ThreadedSink, ZarrSink
 from spt_stream.sinks.tiled_trace import TiledTraceWriter
 from spt_stream.sinks.zarr_trace import WriteResult, ZarrTraceWriter, open_trace
-from spt_stream.status import render_status
 from tests._spectra_docs import Docs, compose_docs
 
 #: Frames per micro-batch (one sink write per batch).

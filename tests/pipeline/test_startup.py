@@ -20,10 +20,10 @@ import pytest
 
 from spt_stream.classical import features
 from spt_stream.config import load_settings
+from spt_stream.core.grid import edge_energy
 from spt_stream.engine import Engine
-from spt_stream.grid import edge_energy
+from spt_stream.engine.pipeline import ModelRunner, build_pipeline
 from spt_stream.normalize import _core, _energy_axis
-from spt_stream.runtime import ModelRunner, build_pipeline
 from spt_stream.sinks.rows import TraceRows
 from spt_stream.sinks.threaded import ThreadedSink
 from tests._spectra_docs import compose_docs
@@ -192,7 +192,7 @@ def test_feedback_warm_up_fetches_metadata_and_sends_nothing(kafka_bootstrap: st
     and the warm-up's messages are built, never sent."""
     import uuid
 
-    from spt_stream.broker import create_topic
+    from spt_stream.devtools.broker import create_topic
     from spt_stream.feedback.publisher import FeedbackPublisher
     from tests.integration.test_feedback_publisher import make_rows, read_topic
 

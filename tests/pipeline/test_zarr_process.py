@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spt_stream.engine.metrics import EngineMetrics
 from spt_stream.errors import SinkError
-from spt_stream.metrics import EngineMetrics
 from spt_stream.sinks.threaded import ZarrSink
 from spt_stream.sinks.zarr_process import ZarrWriterProcess
 from spt_stream.sinks.zarr_trace import open_trace

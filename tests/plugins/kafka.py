@@ -1,7 +1,7 @@
 """Kafka fixtures: a real Kafka-protocol broker for the whole session and a fresh topic per test.
 
 ``kafka_bootstrap`` uses ``$SPT_KAFKA_BOOTSTRAP`` when set (e.g. a real Kafka in CI), otherwise
-starts one local Tansu broker (:class:`spt_stream.broker.LocalBroker`) for the session.
+starts one local Tansu broker (:class:`spt_stream.devtools.broker.LocalBroker`) for the session.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spt_stream.broker import LocalBroker, create_topic
+from spt_stream.devtools.broker import LocalBroker, create_topic
 
 
 @pytest.fixture(scope="session")

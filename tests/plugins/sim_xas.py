@@ -104,8 +104,8 @@ def scaler_channels(
 
 def feed(docs: Docs, **kwargs: Any) -> tuple[list[Any], Any, Any]:
     """Feed documents to a fresh DocumentIngest; returns (frames, ingest, memory dead letter)."""
-    from spt_stream.deadletter import MemoryDeadLetter
-    from spt_stream.ingest import DocumentIngest
+    from spt_stream.assembly.ingest import DocumentIngest
+    from spt_stream.sinks.deadletter import MemoryDeadLetter
 
     frames: list[Any] = []
     dead = MemoryDeadLetter()

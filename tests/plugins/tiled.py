@@ -1,4 +1,5 @@
-"""Tiled fixture: a real, writable Tiled server (:class:`spt_stream.tiled_server.TiledServer`)
+"""Tiled fixture: a real, writable Tiled server
+(:class:`spt_stream.devtools.tiled_server.TiledServer`)
 in a subprocess for the whole session.
 
 ``tiled_server`` yields the server: unpack it as ``url, api_key = tiled_server``, or call
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spt_stream.tiled_server import TiledServer
+from spt_stream.devtools.tiled_server import TiledServer
 
 __all__ = ["TiledServer", "tiled_server"]
 

@@ -14,11 +14,11 @@ from event_model import compose_run
 from ophyd.sim import SynAxis, SynSignal
 
 from spt_stream.assembly import BeamlineProfile, load_profile
+from spt_stream.assembly.ingest import DocumentIngest
 from spt_stream.config import PROFILE_DIR, AssemblySettings
-from spt_stream.deadletter import MemoryDeadLetter
+from spt_stream.core.frames import RunInfo
 from spt_stream.errors import ConfigError
-from spt_stream.frames import RunInfo
-from spt_stream.ingest import DocumentIngest
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from tests.plugins.sim_xas import Docs, QuickXasDetector, make_run_engine, scaler_channels
 
 

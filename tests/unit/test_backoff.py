@@ -1,4 +1,4 @@
-"""The shared retry back-off (spt_stream/backoff.py) on tenacity."""
+"""The shared retry back-off (spt_stream/core/backoff.py) on tenacity."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 import tenacity
 
-from spt_stream.backoff import RetryStoppedError, doubling, last_error, next_wait, sleep_unless
+from spt_stream.core.backoff import RetryStoppedError, doubling, last_error, next_wait, sleep_unless
 
 
 def _hand_written(initial: float, cap: float, n: int) -> list[float]:

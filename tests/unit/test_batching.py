@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from spt_stream.batching import MicroBatcher
 from spt_stream.config import BatchSettings
+from spt_stream.core.batching import MicroBatcher
+from spt_stream.core.queues import BoundedQueue, QueueClosedError
 from spt_stream.errors import ConfigError, SptValueError
-from spt_stream.queues import BoundedQueue, QueueClosedError
 
 
 class FakeClock:

@@ -17,7 +17,7 @@ from spt_stream.classical.edge_os import (
 )
 from spt_stream.classical.features import edge_features
 from spt_stream.classical.tracking import ClassicalStage
-from spt_stream.grid import MODEL_GRID_REL
+from spt_stream.core.grid import MODEL_GRID_REL
 
 G = MODEL_GRID_REL
 

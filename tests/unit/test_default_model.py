@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from spt_stream.checkpoint import default_checkpoint_path, load_checkpoint, read_metadata
-from spt_stream.grid import MODEL_GRID_REL
-from spt_stream.predict_files import predict_files
+from spt_stream.core.grid import MODEL_GRID_REL
+from spt_stream.model.checkpoint import default_checkpoint_path, load_checkpoint, read_metadata
+from spt_stream.model.predict_files import predict_files
 
 
 def test_checkpoint_matches_its_metadata() -> None:

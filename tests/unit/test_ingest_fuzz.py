@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ophyd.sim import SynAxis
 
+from spt_stream.assembly.ingest import DocumentIngest
 from spt_stream.config import AssemblySettings
-from spt_stream.deadletter import MemoryDeadLetter
-from spt_stream.ingest import DocumentIngest
+from spt_stream.sinks.deadletter import MemoryDeadLetter
 from tests.plugins.sim_xas import Docs, QuickXasDetector, make_run_engine, scaler_channels
 
 MAX_POINTS = 256

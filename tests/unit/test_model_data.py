@@ -10,17 +10,17 @@ import pandas as pd  # type: ignore[import-untyped]
 import pytest
 import torch
 
-from spt_stream.checkpoint import (
+from spt_stream.core.grid import MODEL_GRID_REL
+from spt_stream.errors import CheckpointError, SptValueError
+from spt_stream.model.checkpoint import (
     CheckpointMetadata,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
 )
-from spt_stream.datasets import import_table, load_dataset, save_dataset, split_by_group
-from spt_stream.descriptors import load_descriptor_schema
-from spt_stream.errors import CheckpointError, SptValueError
-from spt_stream.grid import MODEL_GRID_REL
-from spt_stream.models import SPTConfig, SPTInference
+from spt_stream.model.descriptors import load_descriptor_schema
+from spt_stream.model.network import SPTConfig, SPTInference
+from spt_stream.training.datasets import import_table, load_dataset, save_dataset, split_by_group
 from spt_stream.training.synthetic import make_toy_dataset
 from spt_stream.training.train import heads_from_schema
 

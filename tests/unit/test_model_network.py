@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spt_stream.descriptors import load_descriptor_schema
+from spt_stream.core.grid import GRID_POINTS
 from spt_stream.errors import ConfigError
-from spt_stream.grid import GRID_POINTS
-from spt_stream.models import SPTConfig, SPTInference
-from spt_stream.models.layers import FrequencyBandBlock, LocalGraphAttention
+from spt_stream.model.descriptors import load_descriptor_schema
+from spt_stream.model.network import SPTConfig, SPTInference
+from spt_stream.model.network.layers import FrequencyBandBlock, LocalGraphAttention
 from spt_stream.training.train import heads_from_schema
 
 

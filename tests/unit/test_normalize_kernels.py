@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spt_stream.config import NormalizationSettings
+from spt_stream.core.frames import Frame
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.data import REFERENCE_DIR
 from spt_stream.errors import ConfigError, NormalizationError
-from spt_stream.frames import Frame
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.normalize import (
     NormParams,
     QualityFlag,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spt_stream.offsets import OffsetTracker
+from spt_stream.core.offsets import OffsetTracker
 from spt_stream.protocols import Position
 
 

@@ -11,9 +11,14 @@ from bluesky.callbacks.json_writer import JSONLinesWriter
 from event_model import sanitize_doc
 from rich.console import Console
 
-from spt_stream.consumers.replay import ArrayRestorer, CountingHandler, ReplayStats, replay_progress
-from spt_stream.consumers.sources import replay_sources
 from spt_stream.errors import ConfigError, DecodeError
+from spt_stream.transports.replay import (
+    ArrayRestorer,
+    CountingHandler,
+    ReplayStats,
+    replay_progress,
+)
+from spt_stream.transports.sources import replay_sources
 from tests._replay_docs import Recorder, record_run
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spt_stream.config import CONFIG_DIR
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.simulate.calibrate import load_params, trend_features
 from spt_stream.simulate.environment import SiteSpec, build_environment
 from spt_stream.simulate.physics import K_GRID, PhysicsParams, acentricity, broaden, chi_k

@@ -1,4 +1,4 @@
-"""The bluesky-kafka wire format (spt_stream.wire): compatibility and hostile input."""
+"""The bluesky-kafka wire format (spt_stream.transports.wire): compatibility and hostile input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spt_stream.errors import DecodeError, SptValueError
-from spt_stream.wire import DOCUMENT_NAMES, decode_document, encode_document
+from spt_stream.transports.wire import DOCUMENT_NAMES, decode_document, encode_document
 
 
 def _run_documents() -> list[tuple[str, dict[str, Any]]]:

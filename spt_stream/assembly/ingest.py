@@ -33,10 +33,10 @@ from typing import Any
 
 from spt_stream.assembly import BeamlineProfile, CallbackError, FrameAssembler
 from spt_stream.config import AssemblySettings
-from spt_stream.deadletter import DeadLetterSink, dead_letter_record
+from spt_stream.core.frames import Frame, RunInfo
 from spt_stream.errors import DocumentError, Reason, SptError
-from spt_stream.frames import Frame, RunInfo
 from spt_stream.protocols import Position
+from spt_stream.sinks.deadletter import DeadLetterSink, dead_letter_record
 
 __all__ = ["REQUIRED_FIELDS", "DocumentIngest", "IngestCounts"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from spt_stream.config import KafkaSettings
 from spt_stream.errors import BrokerError
-from spt_stream.wire import encode_document
+from spt_stream.transports.wire import encode_document
 
 __all__ = ["KafkaDocumentPublisher"]
 

@@ -27,8 +27,8 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import StatusBase
 
-from spt_stream.frames import FloatArray
-from spt_stream.grid import edge_energy
+from spt_stream.core.frames import FloatArray
+from spt_stream.core.grid import edge_energy
 
 __all__ = [
     "DelithiationCell",

@@ -12,7 +12,7 @@ padding never changes a real row's result). Compiling costs about 25 s per shape
 the first time; TorchInductor caches the result on disk, so later starts take seconds.
 
 ``backend="aot"`` (CPU) runs the model compiled ahead of time by AOTInductor
-(:mod:`spt_stream.aot`): one compile for every batch size, cached on disk per model, torch and
+(:mod:`spt_stream.model.aot`): one compile for every batch size, cached on disk per model, torch and
 CPU, and a forward pass that never takes the interpreter lock (the engine's other threads cannot
 stall it). ``backend="auto"`` picks it on the CPU when a C++ compiler is present and falls back
 to the eager model, with a warning, when compilation is impossible or fails; on CUDA it picks the
@@ -41,12 +41,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from spt_stream.checkpoint import CheckpointMetadata, default_checkpoint_path, load_checkpoint
 from spt_stream.errors import CheckpointError, ModelError, SptValueError
-from spt_stream.models import SPTInference
+from spt_stream.model.checkpoint import CheckpointMetadata, default_checkpoint_path, load_checkpoint
+from spt_stream.model.network import SPTInference
 
 if TYPE_CHECKING:
-    from spt_stream.aot import BackgroundCompile
+    from spt_stream.model.aot import BackgroundCompile
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class Predictor:
         if chosen == "auto":
             if self.device.type != "cpu":
                 return "eager"
-            from spt_stream.aot import aot_available
+            from spt_stream.model.aot import aot_available
 
             why = aot_available()
             if why is not None:
@@ -252,7 +252,7 @@ class Predictor:
                 f"model backend 'aot' is built for the CPU here, not {self.device.type!r} "
                 "(use 'eager' or 'compile' on a GPU)"
             )
-        from spt_stream.aot import aot_forward, aot_load_cached
+        from spt_stream.model.aot import aot_forward, aot_load_cached
 
         packed = _Packed(self.model)
         try:
@@ -281,7 +281,7 @@ class Predictor:
         pending, self._pending_background = self._pending_background, None
         if pending is None:
             return
-        from spt_stream.aot import BackgroundCompile
+        from spt_stream.model.aot import BackgroundCompile
 
         packed, cache_dir = pending
         try:
@@ -342,7 +342,7 @@ class Predictor:
         backend, forward = self._serving
         if backend != "aot":
             return False
-        from spt_stream.aot import _NativeRunner
+        from spt_stream.model.aot import _NativeRunner
 
         return isinstance(forward, _NativeRunner)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from spt_stream.models.spt import SPT, SPTConfig
+from spt_stream.model.network.spt import SPT, SPTConfig
 
 __all__ = ["SPTInference"]
 

@@ -14,8 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from spt_stream.core.frames import FloatArray
 from spt_stream.errors import SptValueError
-from spt_stream.frames import FloatArray
 
 __all__ = [
     "GRID_POINTS",

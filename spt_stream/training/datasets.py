@@ -10,7 +10,7 @@ On disk a dataset is a directory holding
   sha256 of the array contents (checked on load).
 
 Spectra are normalized mu (edge step 1) on the model grid: energies in eV relative to the
-tabulated edge energy of the absorber (:data:`spt_stream.grid.MODEL_GRID_REL`).
+tabulated edge energy of the absorber (:data:`spt_stream.core.grid.MODEL_GRID_REL`).
 
 One module: generation, storage and loading of one data-set format (arrays, labels, splits, hashes)
 change together.
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from spt_stream.core.grid import MODEL_GRID_REL, edge_energy
 from spt_stream.errors import SptValueError
-from spt_stream.grid import MODEL_GRID_REL, edge_energy
 
 __all__ = [
     "DATASET_FORMAT",

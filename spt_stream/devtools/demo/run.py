@@ -91,23 +91,24 @@ def run_demo(
 ) -> DemoResult:
     """Run the whole demo (see :mod:`spt_stream.commands.demo`); return where everything is.
 
-    ``tiled_server``: a started :class:`~spt_stream.tiled_server.TiledServer` to write to (the
+    ``tiled_server``: a started :class:`~spt_stream.devtools.tiled_server.TiledServer` to write to
+    (the
     caller's, left running: ``demo --tiled --view`` keeps showing its runs); otherwise ``tiled``
     starts one for the demo's duration."""
     from bluesky import RunEngine
 
-    from spt_stream.broker import LocalBroker, create_topic
     from spt_stream.config import load_settings
-    from spt_stream.consumers.kafka import KafkaDocumentSource
-    from spt_stream.demo.experiment import (
+    from spt_stream.devtools.broker import LocalBroker, create_topic
+    from spt_stream.devtools.demo.experiment import (
         DelithiationCell,
         QuickXASDetector,
         delithiation_plan,
     )
+    from spt_stream.engine.pipeline import build_pipeline
     from spt_stream.errors import SptError
-    from spt_stream.plot import plot_trace
-    from spt_stream.publish import KafkaDocumentPublisher
-    from spt_stream.runtime import build_pipeline
+    from spt_stream.transports.kafka import KafkaDocumentSource
+    from spt_stream.transports.publish import KafkaDocumentPublisher
+    from spt_stream.view.plot import plot_trace
 
     console = console or Console(stderr=True)
     out_dir = prepare_out_dir(out_dir)
@@ -122,7 +123,7 @@ def run_demo(
         if tiled_server is not None:
             tiled_url, tiled_key = tiled_server.url, tiled_server.api_key
         elif tiled:
-            from spt_stream.tiled_server import TiledServer
+            from spt_stream.devtools.tiled_server import TiledServer
 
             console.print("      starting a local Tiled server")
             server = stack.enter_context(TiledServer(workdir=out_dir / "tiled"))

@@ -46,11 +46,11 @@ from typing import Any
 import event_model
 import numpy as np
 
-from spt_stream.consumers.replay import CountingHandler, ReplayStats, replay_progress
 from spt_stream.errors import AssemblyError, ReaderError, Reason, SptError
 from spt_stream.protocols import DocumentHandler, Position
 from spt_stream.readers import read_spectrum
 from spt_stream.readers.spectrum import Spectrum
+from spt_stream.transports.replay import CountingHandler, ReplayStats, replay_progress
 
 __all__ = ["compose_spectra_run", "order_spectra", "replay_files"]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from spt_stream.broker import find_free_port
 from spt_stream.config import CONFIG_DIR
+from spt_stream.devtools.broker import find_free_port
 from spt_stream.errors import SourceError
 
 __all__ = ["TiledServer"]

@@ -19,14 +19,14 @@ import numpy as np
 
 from spt_stream.classical.tracking import CLASSICAL_UNITS
 from spt_stream.config import EngineSettings
-from spt_stream.deadletter import DeadLetterFile, DeadLetterSink, MemoryDeadLetter
 from spt_stream.engine import CommitFn, Engine
-from spt_stream.metrics import EngineMetrics
+from spt_stream.engine.metrics import EngineMetrics
 from spt_stream.sinks.base import TraceSink
+from spt_stream.sinks.deadletter import DeadLetterFile, DeadLetterSink, MemoryDeadLetter
 from spt_stream.sinks.rows import Column2D
 
 if TYPE_CHECKING:
-    from spt_stream.predictor import Backend, Precision
+    from spt_stream.model.predictor import Backend, Precision
 
 __all__ = [
     "ModelRunner",
@@ -41,12 +41,12 @@ log = logging.getLogger(__name__)
 
 #: Descriptors (value + ``_std``) the classical stage adds beside the network's.
 CLASSICAL_DESCRIPTORS = ("os_edge", "os_delta")
-#: See spt_stream.predictor.CONT_SUFFIX (kept here to avoid importing torch for a name).
+#: See spt_stream.model.predictor.CONT_SUFFIX (kept here to avoid importing torch for a name).
 CONT_SUFFIX = "_cont"
 
 
 def prediction_columns(pred: Any) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Column2D]]:
-    """Trace columns of a :class:`~spt_stream.predictor.PredictionBatch`.
+    """Trace columns of a :class:`~spt_stream.model.predictor.PredictionBatch`.
 
     ``<name>`` and ``<name>_std`` per descriptor, ``<name>_probs`` over ``<name>_class`` (the class
     values) for discrete ones, ``ood_score`` and ``ood``.
@@ -69,7 +69,7 @@ def prediction_columns(pred: Any) -> tuple[dict[str, np.ndarray[Any, Any]], dict
 
 
 def column_attrs(predictor: Any) -> dict[str, dict[str, str]]:
-    """Attributes of the columns a :class:`~spt_stream.predictor.Predictor` and the classical
+    """Attributes of the columns a :class:`~spt_stream.model.predictor.Predictor` and the classical
     stage fill: ``units`` (where the descriptor has one) and ``long_name`` (its description,
     from the descriptor schema the checkpoint carries), for ``<name>``, ``<name>_std`` and
     ``<name>_probs``, and ``ood`` / ``ood_score``. Trace stores keep them as variable
@@ -125,7 +125,7 @@ def limit_compute_threads(threads: int | None = None) -> int:
 
 
 class ModelRunner:
-    """The engine's view of a :class:`~spt_stream.predictor.Predictor`.
+    """The engine's view of a :class:`~spt_stream.model.predictor.Predictor`.
 
     ``threads`` caps the CPU threads of the model and numeric kernels (see
     :func:`limit_compute_threads`; ``None``: cores - 1); ``precision`` ``auto`` is bf16
@@ -150,13 +150,13 @@ class ModelRunner:
         precision: Precision = "auto",
         background_compile: bool = False,
     ) -> None:
-        from spt_stream.checkpoint import default_checkpoint_path
-        from spt_stream.predictor import Predictor
+        from spt_stream.model.checkpoint import default_checkpoint_path
+        from spt_stream.model.predictor import Predictor
 
         self.path = Path(model) if model is not None else default_checkpoint_path()
 
         # Before the model is built: an ``aot`` package is compiled for the thread count that
-        # will run it (see spt_stream.aot.aot_cache_key). On a GPU the cap still bounds the
+        # will run it (see spt_stream.model.aot.aot_cache_key). On a GPU the cap still bounds the
         # normalization kernels' BLAS pools and torch's host-side ops.
         self.threads: int = limit_compute_threads(threads)
         self._listeners: list[Callable[[str], None]] = []

@@ -14,7 +14,7 @@ What comes back, compared with what the RunEngine emitted: start, descriptor and
 are the stored ones (same uids); events are rebuilt from the stored table, with the original
 ``seq_num``, ``time``, ``data`` and ``timestamps`` but a synthetic ``uid``
 (``event-<descriptor uid>-<seq_num>``) and no ``filled``; array readings come back as JSON lists
-and are restored to numpy arrays (:class:`~spt_stream.consumers.replay.ArrayRestorer`). Frames are
+and are restored to numpy arrays (:class:`~spt_stream.transports.replay.ArrayRestorer`). Frames are
 identified by ``(run_uid, seq_num)``, so the trace is the same as the live one.
 
 Runs are chosen by uid (one, or a list, replayed in the order given) or by a metadata search
@@ -30,9 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from spt_stream.consumers.replay import ArrayRestorer, CountingHandler, ReplayStats, replay_progress
 from spt_stream.errors import ConfigError, DocumentError, SourceError
 from spt_stream.protocols import DocumentHandler, Position
+from spt_stream.transports.replay import (
+    ArrayRestorer,
+    CountingHandler,
+    ReplayStats,
+    replay_progress,
+)
 
 if TYPE_CHECKING:
     from tiled.client.container import Container

@@ -9,7 +9,7 @@ bluesky-kafka message layout as JSON), blank lines, and ``JSONWriter``'s single 
 A line that is not one of those (truncated by a crash, hand-edited, binary junk) is reported as
 :class:`~spt_stream.errors.DecodeError` naming the file and line, and reading goes on with the
 next line. Array data that JSON turned into lists is restored with
-:class:`~spt_stream.consumers.replay.ArrayRestorer`, so the documents match what the RunEngine
+:class:`~spt_stream.transports.replay.ArrayRestorer`, so the documents match what the RunEngine
 emitted.
 
 Note that ``JSONLinesWriter`` uses :func:`json.dump` as is, so a run with numpy array readings
@@ -25,9 +25,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from spt_stream.consumers.replay import ArrayRestorer, CountingHandler, ReplayStats, replay_progress
 from spt_stream.errors import DecodeError, SourceError
 from spt_stream.protocols import DocumentHandler, Position
+from spt_stream.transports.replay import (
+    ArrayRestorer,
+    CountingHandler,
+    ReplayStats,
+    replay_progress,
+)
 
 __all__ = ["iter_jsonl_documents", "parse_jsonl_line", "replay_jsonl"]
 

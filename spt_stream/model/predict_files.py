@@ -39,12 +39,12 @@ def predict_files(
     from spt_stream.classical.edge_os import load_edge_calibration
     from spt_stream.classical.features import edge_features
     from spt_stream.config import load_settings
+    from spt_stream.core.frames import Frame
+    from spt_stream.engine.pipeline import column_attrs
     from spt_stream.errors import SptError
-    from spt_stream.frames import Frame
+    from spt_stream.model.predictor import Predictor
     from spt_stream.normalize import NormParams, QualityFlag, describe_flags, normalize_frames
-    from spt_stream.predictor import Predictor
     from spt_stream.readers import read_spectrum
-    from spt_stream.runtime import column_attrs
 
     if element is not None:
         element = check_element(element)
@@ -133,8 +133,8 @@ def _finite(v: Any) -> float | None:
 
 def check_element(symbol: str) -> str:
     """``symbol`` as a capitalised element symbol with a tabulated K edge; ConfigError if not."""
+    from spt_stream.core.grid import edge_energy
     from spt_stream.errors import ConfigError, SptValueError
-    from spt_stream.grid import edge_energy
 
     norm = symbol.strip().capitalize()
     try:

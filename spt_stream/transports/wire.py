@@ -18,9 +18,9 @@ the bytes it carries. Every problem is reported as :class:`~spt_stream.errors.De
 Decoded arrays are **read-only** views of the message bytes (no copy): call ``arr.copy()`` before
 working on one in place.
 
-This module is pure: it imports no Kafka client. It sits beside, not inside, the transports
-(:mod:`spt_stream.consumers`): the producers (:mod:`spt_stream.publish`, the feedback publisher)
-encode with it and the Kafka source decodes with it, and neither side depends on the other.
+This module is pure: it imports no Kafka client. The producers
+(:mod:`spt_stream.transports.publish`, the feedback publisher) encode with it and the Kafka
+source decodes with it; neither side imports the other.
 """
 
 from __future__ import annotations

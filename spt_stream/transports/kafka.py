@@ -2,7 +2,7 @@
 
 :class:`KafkaDocumentSource` reads one or more topics (names, or regular expressions starting with
 ``^``), either as a member of a consumer group or with an explicit partition assignment, decodes
-each message with :func:`spt_stream.wire.decode_document` and hands it to a
+each message with :func:`spt_stream.transports.wire.decode_document` and hands it to a
 :class:`~spt_stream.protocols.DocumentHandler`. A message that cannot be decoded goes to
 ``handler.reject`` with its position; it never stops the loop.
 
@@ -45,11 +45,11 @@ try:  # kafka-python >= 3: the network client class, to close it when the constr
 except ImportError:  # pragma: no cover - kafka-python 2.x creates no IO thread there
     KafkaNetClient = None
 
-from spt_stream.backoff import RetryStoppedError, doubling, last_error, next_wait, sleep_unless
 from spt_stream.config import KafkaSettings
+from spt_stream.core.backoff import RetryStoppedError, doubling, last_error, next_wait, sleep_unless
 from spt_stream.errors import BrokerError, ConfigError, DecodeError, SptError
 from spt_stream.protocols import DocumentHandler, PeriodicHandler, Position
-from spt_stream.wire import decode_document
+from spt_stream.transports.wire import decode_document
 
 __all__ = ["KafkaDocumentSource", "SourceStats", "install_stop_signals"]
 
@@ -224,7 +224,7 @@ class KafkaDocumentSource:
 
         tenacity runs the attempts: backoff ``reconnect_backoff_ms`` doubling to
         ``reconnect_backoff_max_ms`` (each wait jittered by +-20 %), one warning per retry, and
-        a stop request ends a wait at once (:func:`~spt_stream.backoff.sleep_unless`).
+        a stop request ends a wait at once (:func:`~spt_stream.core.backoff.sleep_unless`).
 
         Raises
         ------

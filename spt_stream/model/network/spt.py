@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spt_stream.models.layers import FrequencyBandBlock, LocalGraphAttention
+from spt_stream.model.network.layers import FrequencyBandBlock, LocalGraphAttention
 
 __all__ = ["DEFAULT_ELEMENTS", "SPT", "HeadSpec", "SPTConfig"]
 

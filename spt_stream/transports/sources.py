@@ -1,10 +1,10 @@
 """One entry point for ``spt-stream replay SOURCE...``: route each source to its replay consumer.
 
 * ``http://`` / ``https://`` URL: a Tiled server or container; the runs come from ``runs``
-  (uids or a start-metadata filter, see :mod:`spt_stream.consumers.tiled_replay`);
-* ``*.jsonl`` / ``*.json``: a bluesky document file (:mod:`spt_stream.consumers.jsonl`);
+  (uids or a start-metadata filter, see :mod:`spt_stream.transports.tiled_replay`);
+* ``*.jsonl`` / ``*.json``: a bluesky document file (:mod:`spt_stream.transports.jsonl`);
 * anything else: a spectrum file; all spectrum files given together make ONE run
-  (:mod:`spt_stream.consumers.files`), replayed after the document files.
+  (:mod:`spt_stream.transports.files`), replayed after the document files.
 
 Sources are replayed in the order given, spectrum files last (they form one run together).
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from spt_stream.consumers.replay import ReplayStats
 from spt_stream.errors import ConfigError
 from spt_stream.protocols import DocumentHandler
+from spt_stream.transports.replay import ReplayStats
 
 __all__ = ["DOCUMENT_SUFFIXES", "replay_sources"]
 
@@ -53,17 +53,17 @@ def replay_sources(
         if source.startswith(("http://", "https://")):
             if runs is None:
                 raise ConfigError(f"which runs to replay from {source}? give uids or a search")
-            from spt_stream.consumers.tiled_replay import replay_tiled
+            from spt_stream.transports.tiled_replay import replay_tiled
 
             total += replay_tiled(source, runs, handler, api_key=api_key, progress=progress)
         elif Path(source).suffix.lower() in DOCUMENT_SUFFIXES:
-            from spt_stream.consumers.jsonl import replay_jsonl
+            from spt_stream.transports.jsonl import replay_jsonl
 
             total += replay_jsonl(source, handler, progress=progress)
         else:
             spectra.append(source)
     if spectra:
-        from spt_stream.consumers.files import replay_files
+        from spt_stream.transports.files import replay_files
 
         total += replay_files(spectra, handler, element=element, edge=edge, progress=progress)
     return total

@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from spt_stream.predictor import _Packed
+    from spt_stream.model.predictor import _Packed
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def aot_cache_key(model: nn.Module, max_batch: int, device: torch.device) -> str
     The weights and buffers (bytes), the architecture, the batch range, the device, torch's and
     this package's versions, Python, the machine, the CPU vector ISA TorchInductor targets (a
     package built for AVX-512 must not be loaded on an AVX2 machine) and torch's thread count
-    (set the compute threads before compiling: :class:`~spt_stream.runtime.ModelRunner` does).
+    (set the compute threads before compiling: :class:`~spt_stream.engine.pipeline.ModelRunner`
+    does).
     """
     h = hashlib.sha256()
     cfg = getattr(model, "cfg", None)
@@ -397,7 +398,7 @@ def _load_locked(dest: Path) -> AotForward:
 #: stretches (export, lowering), which in a thread would stall the engine serving frames.
 _BOOT = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
-    "from spt_stream.aot import _child_main; _child_main(sys.argv[2])"
+    "from spt_stream.model.aot import _child_main; _child_main(sys.argv[2])"
 )
 
 
@@ -419,8 +420,8 @@ def _child_main(arg: str) -> None:
     torch.set_num_threads(int(cfg["threads"]))
     from safetensors.torch import load_file
 
-    from spt_stream.models import SPTConfig, SPTInference
-    from spt_stream.predictor import _Packed
+    from spt_stream.model.network import SPTConfig, SPTInference
+    from spt_stream.model.predictor import _Packed
 
     module_file = Path(cfg["module"])
     try:  # the served model rebuilt from its architecture and tensors: nothing unpickled

@@ -1,6 +1,6 @@
 """SPT checkpoints: one safetensors file with the JSON metadata in its header.
 
-``save_checkpoint`` writes every tensor of :class:`~spt_stream.models.SPTInference` (network
+``save_checkpoint`` writes every tensor of :class:`~spt_stream.model.network.SPTInference` (network
 weights, temperatures, target scaling, OOD statistics) with safetensors, and stores a JSON
 document under the header key ``"spt_stream"``: format and version, architecture
 hyper-parameters, descriptor schema (class labels), energy grid, elements, normalization
@@ -25,10 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from spt_stream import __version__
-from spt_stream.descriptors import DescriptorSchema
+from spt_stream.core.grid import MODEL_GRID_REL
 from spt_stream.errors import CheckpointError, SptError
-from spt_stream.grid import MODEL_GRID_REL
-from spt_stream.models import SPTConfig, SPTInference
+from spt_stream.model.descriptors import DescriptorSchema
+from spt_stream.model.network import SPTConfig, SPTInference
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -48,7 +48,7 @@ DEFAULT_CHECKPOINT_NAME = "spt-default.safetensors"
 
 def default_checkpoint_path() -> Path:
     """Where the packaged default model lives (``spt_stream/checkpoints/``)."""
-    return Path(__file__).resolve().parent / "checkpoints" / DEFAULT_CHECKPOINT_NAME
+    return Path(__file__).resolve().parents[1] / "checkpoints" / DEFAULT_CHECKPOINT_NAME
 
 
 @dataclass(frozen=True)

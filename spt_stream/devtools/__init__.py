@@ -1,0 +1,2 @@
+"""Development and demonstration tools: the local Kafka-protocol broker, a local Tiled server,
+the operando demo."""
