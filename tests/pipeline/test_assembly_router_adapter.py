@@ -16,35 +16,18 @@ from typing import Any
 import bluesky.plans as bp
 import numpy as np
 import pytest
-from event_model import pack_event_page
 from ophyd.sim import SynAxis, SynSignalWithRegistry
 
 from spt_stream.assembly import run as run_mod
 from tests.plugins.sim_xas import (
     Docs,
     QuickXasDetector,
+    as_pages,
     fe_foil,
     feed,
     make_run_engine,
     scaler_channels,
 )
-
-
-def _pages(docs: Docs, size: int) -> Docs:
-    out: Docs = []
-    pending: list[dict[str, Any]] = []
-    for name, doc in docs:
-        if name == "event":
-            pending.append(doc)
-            if len(pending) == size:
-                out.append(("event_page", dict(pack_event_page(*pending))))
-                pending = []
-            continue
-        if pending:
-            out.append(("event_page", dict(pack_event_page(*pending))))
-            pending = []
-        out.append((name, doc))
-    return out
 
 
 def _docs(tmp_path: Path) -> Docs:
@@ -66,7 +49,7 @@ def _docs(tmp_path: Path) -> Docs:
     RE(bp.count([det, energy], 3, md={"spt": {"spectrum": "reg_mu", "energy": "mono_energy"}}))
     first = list(docs)
     RE(bp.count([QuickXasDetector(name="qxas")], 5, md={"element": "Fe", "edge": "K"}))
-    return first + _pages(docs[len(first) :], 2)
+    return first + as_pages(docs[len(first) :], 2)
 
 
 def _frames(docs: Docs) -> tuple[list[Any], Any, Any]:

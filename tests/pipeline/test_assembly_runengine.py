@@ -8,13 +8,13 @@ from typing import Any
 import bluesky.plans as bp
 import numpy as np
 import pytest
-from event_model import pack_event_page
 from ophyd.sim import SynAxis, SynSignalWithRegistry
 
 from spt_stream.core.frames import Frame
 from tests.plugins.sim_xas import (
     Docs,
     QuickXasDetector,
+    as_pages,
     fe_foil,
     feed,
     make_run_engine,
@@ -185,29 +185,12 @@ def test_two_runs_interleaved(quick_xas_docs: Docs, sweep_docs: Docs) -> None:
     assert dead.records == []
 
 
-def _as_pages(docs: Docs, size: int) -> Docs:
-    out: Docs = []
-    pending: list[dict[str, Any]] = []
-    for name, doc in docs:
-        if name == "event":
-            pending.append(doc)
-            if len(pending) == size:
-                out.append(("event_page", dict(pack_event_page(*pending))))
-                pending = []
-            continue
-        if pending:
-            out.append(("event_page", dict(pack_event_page(*pending))))
-            pending = []
-        out.append((name, doc))
-    return out
-
-
 @pytest.mark.parametrize("fixture", ["quick_xas_docs", "sweep_docs"])
 def test_event_pages_equal_events(fixture: str, request: pytest.FixtureRequest) -> None:
     """The same events packed into event_pages of 4 give identical frames."""
     docs: Docs = request.getfixturevalue(fixture)
     plain = feed(docs)[0]
-    paged_docs = _as_pages(docs, 4)
+    paged_docs = as_pages(docs, 4)
     assert any(n == "event_page" for n, _ in paged_docs)
     paged, ingest, dead = feed(paged_docs)
     assert len(paged) == len(plain) > 0

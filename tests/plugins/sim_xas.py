@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from bluesky import RunEngine
+from event_model import pack_event_page
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.sim import SynAxis, SynSignal
@@ -118,3 +119,22 @@ def feed(docs: Docs, **kwargs: Any) -> tuple[list[Any], Any, Any]:
 def run_uids(docs: Docs) -> list[str]:
     """Uids of the start documents in ``docs``, in order."""
     return [doc["uid"] for name, doc in docs if name == "start"]
+
+
+def as_pages(docs: Docs, size: int) -> Docs:
+    """The same documents with their events packed into event pages of up to ``size`` events
+    (a page ends at any other document), as a RunEngine with event paging emits them."""
+    out: Docs = []
+    pending: list[dict[str, Any]] = []
+    for name, doc in docs:
+        if name == "event":
+            pending.append(doc)
+            if len(pending) == size:
+                out.append(("event_page", dict(pack_event_page(*pending))))
+                pending = []
+            continue
+        if pending:
+            out.append(("event_page", dict(pack_event_page(*pending))))
+            pending = []
+        out.append((name, doc))
+    return out
