@@ -28,6 +28,9 @@ thread; a failure is raised from the next flush, and the run's writes fail after
 ``idle()`` method (:class:`IdleSink`) has it called on the sink thread every ``idle_s`` seconds
 while nothing is queued; one with ``abort()`` (:class:`AbortableSink`) has it called when
 :meth:`ThreadedSink.close` cannot drain the queue in time.
+
+One module: the one background mechanism every queued sink runs on (queue policy, coalescing,
+drops, failures surfaced at flush, idle work, close and abort) and its Zarr specialisation.
 """
 
 from __future__ import annotations

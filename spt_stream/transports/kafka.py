@@ -17,6 +17,10 @@ rebuilds it with the same backoff, resuming after the last message it delivered.
 
 kafka-python's consumer is not thread-safe: :meth:`run` owns it. :meth:`commit` may be called
 from any thread; from another thread it is handed to the polling thread and waited for.
+
+One module: the source's consumer lifecycle (connect with a deadline, group join, poll, reconnect,
+commits handed to the polling thread, stop signals) is one state machine around one non-thread-safe
+client.
 """
 
 from __future__ import annotations
