@@ -35,7 +35,6 @@ from typing import Any
 
 from spt_stream._version import __version__
 from spt_stream.assembly.ingest import DocumentIngest
-from spt_stream.classical.tracking import ClassicalStage
 from spt_stream.config import EngineSettings
 from spt_stream.core._memory import trim_heap
 from spt_stream.core.batching import MicroBatcher
@@ -123,11 +122,6 @@ class Engine:
             dead_letter=dead_letter,
             settings=settings.assembly,
         )
-
-    @property
-    def classical(self) -> ClassicalStage:
-        """The classical stage (per-run os_delta references), owned by the model stage."""
-        return self.stage.classical
 
     # -- DocumentHandler -----------------------------------------------------------------------
     def __call__(self, name: str, doc: Mapping[str, Any], position: Position | None = None) -> None:

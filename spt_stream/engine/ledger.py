@@ -9,7 +9,6 @@ and each sink its open stores: each holds what only it needs, keyed by the same 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,15 +69,6 @@ class RunLedger:
 
     def __bool__(self) -> bool:
         return bool(self._open)
-
-    def __contains__(self, run_uid: object) -> bool:
-        return run_uid in self._open
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._open)
-
-    def values(self) -> Iterator[RunProgress]:
-        return iter(list(self._open.values()))
 
     def status_rows(self, finished: int = 8) -> list[dict[str, Any]]:
         """The last ``finished`` finished runs then the open ones, for the status view."""

@@ -9,23 +9,22 @@ files) and must assemble the same frames bit for bit, and reject the same docume
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
 import bluesky.plans as bp
 import numpy as np
 import pytest
-from ophyd.sim import SynAxis, SynSignalWithRegistry
+from ophyd.sim import SynAxis
 
 from spt_stream.assembly import run as run_mod
 from tests.plugins.sim_xas import (
     Docs,
     QuickXasDetector,
     as_pages,
-    fe_foil,
     feed,
     make_run_engine,
+    registry_fe_detector,
     scaler_channels,
 )
 
@@ -36,14 +35,7 @@ def _docs(tmp_path: Path) -> Docs:
     motor = SynAxis(name="energy")
     grid = list(np.linspace(7090.0, 7170.0, 25))
     RE(bp.list_scan(scaler_channels(motor), motor, grid * 2, md={"element": "Fe"}))
-    e_ref, mu_ref = fe_foil()
-    egrid = np.linspace(e_ref[5], e_ref[-5], 200)
-    calls = itertools.count()
-    det = SynSignalWithRegistry(
-        func=lambda: np.interp(egrid - 0.1 * next(calls), e_ref, mu_ref),
-        name="reg_mu",
-        save_path=str(tmp_path),
-    )
+    det, egrid = registry_fe_detector(str(tmp_path), "reg_mu", 200)
     energy = QuickXasDetector(name="mono", npts=200).energy
     energy.put(egrid)
     RE(bp.count([det, energy], 3, md={"spt": {"spectrum": "reg_mu", "energy": "mono_energy"}}))

@@ -18,6 +18,7 @@ from tests.plugins.sim_xas import (
     fe_foil,
     feed,
     make_run_engine,
+    registry_fe_detector,
     run_uids,
     scaler_channels,
 )
@@ -202,14 +203,7 @@ def test_event_pages_equal_events(fixture: str, request: pytest.FixtureRequest) 
 def test_registry_backed_detector_filled(tmp_path: Any) -> None:
     """ophyd.sim's registry-backed detector (resource/datum, NPY_SEQ files) is filled."""
     RE, docs = make_run_engine()
-    e_ref, mu_ref = fe_foil()
-    grid = np.linspace(e_ref[5], e_ref[-5], 300)
-    calls = itertools.count()
-    det = SynSignalWithRegistry(
-        func=lambda: np.interp(grid - 0.1 * next(calls), e_ref, mu_ref),
-        name="qxas_mu",
-        save_path=str(tmp_path),
-    )
+    det, grid = registry_fe_detector(str(tmp_path), "qxas_mu", 300)
     energy = QuickXasDetector(name="mono", npts=300).energy  # a grid signal read per event
     energy.put(grid)
     RE(bp.count([det, energy], 3, md={"spt": {"spectrum": "qxas_mu", "energy": "mono_energy"}}))

@@ -13,6 +13,7 @@ documents a beamline would. The absorption model is a real Fe-foil quick-XAS spe
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from bluesky import RunEngine
 from event_model import pack_event_page
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
-from ophyd.sim import SynAxis, SynSignal
+from ophyd.sim import SynAxis, SynSignal, SynSignalWithRegistry
 from ophyd.status import StatusBase
 
 from spt_stream.data import REFERENCE_DIR
@@ -138,3 +139,19 @@ def as_pages(docs: Docs, size: int) -> Docs:
             pending = []
         out.append((name, doc))
     return out
+
+
+def registry_fe_detector(
+    save_path: str, name: str, npts: int
+) -> tuple[SynSignalWithRegistry, np.ndarray[Any, Any]]:
+    """ophyd.sim's registry-backed detector (resource/datum, NPY_SEQ files) reading the measured
+    Fe foil on ``npts`` energies, shifted 0.1 eV further at every read; returns it and the grid."""
+    e_ref, mu_ref = fe_foil()
+    grid = np.linspace(e_ref[5], e_ref[-5], npts)
+    calls = itertools.count()
+    det = SynSignalWithRegistry(
+        func=lambda: np.interp(grid - 0.1 * next(calls), e_ref, mu_ref),
+        name=name,
+        save_path=save_path,
+    )
+    return det, grid
