@@ -104,6 +104,14 @@ def descriptor_metrics(
             "confusion": confusion_matrix(y, yhat, labels=np.arange(spec.n_classes)).tolist(),
             "class_labels": list(spec.class_labels),
         }
+        whole = ~frac
+        if frac.any() and whole.any():
+            # single-valence rows only (integer labels): the paper's task, where rounding to a
+            # class is never ambiguous
+            out["f1_macro_integer"] = float(
+                f1_score(y[whole], yhat[whole], labels=np.unique(y[whole]), average="macro",
+                         zero_division=0)
+            )  # fmt: skip
         if frac.any():
             out["mae_expectation_fractional"] = float(err[frac].mean())
         if frac.sum() > 2 and np.ptp(lab[frac]) > 0 and np.ptp(pred_value[ok][frac]) > 0:
@@ -151,6 +159,8 @@ def evaluate_model(
                 if served.get("n"):
                     per[name]["f1_rounded"] = served["f1_macro"]
                     per[name]["accuracy_rounded"] = served["accuracy"]
+                    if "f1_macro_integer" in served:
+                        per[name]["f1_rounded_integer"] = served["f1_macro_integer"]
             if sigma == 0.0:
                 if probs is not None:
                     soft = soft_class_targets(lab, spec.classes, name=name)

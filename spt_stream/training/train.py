@@ -11,7 +11,9 @@ weights of the descriptor schema (default 1.0 each, overridable per config):
 * continuous descriptor: Gaussian negative log-likelihood of the standardized target
   ``(y - loc) / scale`` (loc/scale from the training split) under the predicted mean and
   log-variance, weighted by the detached predicted variance to the power 0.5 ("beta-NLL",
-  Seitzer et al. 2022, which keeps the mean from being neglected), masked like the above.
+  Seitzer et al. 2022, which keeps the mean from being neglected), masked like the above. An
+  anchored head (``model: {anchors: [[os_cont, os]]}``, :mod:`spt_stream.model.network.spt`)
+  learns the residual on the classifier's class expectation under the same loss.
 
 Augmentation (training batches only): energy shift (uniform, +-``shift_max_ev``, applied by
 linear interpolation on the grid, so mu(E) -> mu(E - dE)), amplitude jitter (edge-step error,
@@ -529,7 +531,7 @@ def _build_model(cfg: TrainConfig, schema: DescriptorSchema) -> tuple[SPTInferen
         return SPTInference(arch), None
     base, meta = load_checkpoint(cfg.init_from)
     arch = SPTConfig.from_json(
-        {**meta.architecture.to_json(), "heads": [h.__dict__ for h in heads]}
+        {**meta.architecture.to_json(), **cfg.model, "heads": [h.__dict__ for h in heads]}
     )
     model = SPTInference(arch)
     own = model.net.state_dict()
@@ -564,6 +566,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     for i, d in enumerate(schema.continuous):
         model.target_loc[i] = loc[d.name]
         model.target_scale[i] = scale[d.name]
+    for c, _ in arch.anchors:
+        getattr(model.net, f"anchor_norm_{c}").copy_(torch.tensor([loc[c], scale[c]]))
     enc_tr = encode(tr, schema, arch, loc, scale)
     enc_va = encode(va, schema, arch, loc, scale)
     model.to(device)

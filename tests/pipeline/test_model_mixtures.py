@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score
 from torch import nn
 
 from spt_stream.core.grid import MODEL_GRID_REL
@@ -160,8 +161,9 @@ def test_regression_head_is_served_as_os_with_the_classifier_as_probs(tmp_path: 
     threads = torch.get_num_threads()
     cfg = TrainConfig(
         dataset=tmp_path / "tr", val_dataset=tmp_path / "te", test_dataset=tmp_path / "te",
-        descriptors=("os", "os_cont", "cn"), model=TINY, epochs=15, batch_size=32, lr=5e-3,
-        patience=15, num_threads=1, noise_levels=(0.0,), output=tmp_path / "m.safetensors",
+        descriptors=("os", "os_cont", "cn"), model={**TINY, "anchors": [["os_cont", "os"]]},
+        epochs=15, batch_size=32, lr=5e-3, patience=15, num_threads=1, noise_levels=(0.0,),
+        output=tmp_path / "m.safetensors",
     )  # fmt: skip
     try:
         res = train(cfg, progress=False)
@@ -176,6 +178,12 @@ def test_regression_head_is_served_as_os_with_the_classifier_as_probs(tmp_path: 
     i_cont = [h.name for h in res.model.cfg.heads].index("os_cont")
     np.testing.assert_allclose(pred.values["os"], reg[:, i_cont].detach().numpy(), atol=1e-5)
     assert np.corrcoef(pred.values["os"], labels)[0, 1] > 0.9
+    # the shipped recipe's anchored head: the trainer set its standardization, the checkpoint
+    # keeps it (the served values above came through a save and load)
+    norm = res.model.net.anchor_norm_os_cont
+    assert float(norm[0]) == pytest.approx(float(res.model.target_loc[0]))
+    assert float(norm[1]) == pytest.approx(float(res.model.target_scale[0]))
+    assert load_checkpoint(res.checkpoint, "cpu")[0].cfg.anchors == (("os_cont", "os"),)
     # the test metrics score the served value rounded to classes too (the noise table's F1)
     served = res.metrics["test"]["levels"]["0.0"]["os_cont"]
     classes = np.asarray(OS_CLASSES, dtype=np.float64)
@@ -183,6 +191,11 @@ def test_regression_head_is_served_as_os_with_the_classifier_as_probs(tmp_path: 
     truth = np.abs(labels[:, None] - classes - 1e-6).argmin(1)  # ties to the lower class
     assert served["accuracy_rounded"] == pytest.approx(np.mean(nearest == truth), abs=0.02)
     assert 0.0 < served["f1_rounded"] <= 1.0
+    # ... and on the single-valence rows alone (integer labels: the paper's task)
+    whole = np.abs(labels - np.round(labels)) < 1e-4
+    expected = f1_score(truth[whole], nearest[whole], labels=np.unique(truth[whole]),
+                        average="macro", zero_division=0)  # fmt: skip
+    assert served["f1_rounded_integer"] == pytest.approx(expected, abs=0.02)
     frac = np.abs(labels - np.round(labels)) > 0.2
     assert np.mean(np.abs(pred.values["os"][frac] - labels[frac])) < 0.3
     # the sim-to-real term: per element, "*" for the rest, in quadrature
@@ -192,9 +205,10 @@ def test_regression_head_is_served_as_os_with_the_classifier_as_probs(tmp_path: 
     served = Predictor.from_checkpoint(tmp_path / "cal.safetensors")
     x = test.spectra[:2]
     both = served.predict(x, ["Co", "Ni"])
-    np.testing.assert_allclose(both.std["os"][0], np.hypot(pred.std["os"][0], 0.3), rtol=1e-5)
-    np.testing.assert_allclose(both.std["os"][1] ** 2, pred.std["os"][1] ** 2 + 0.36, rtol=2e-3)
-    np.testing.assert_allclose(both.values["os"][0], pred.values["os"][0], atol=1e-6)
+    bare = Predictor.from_checkpoint(res.checkpoint).predict(x, ["Co", "Ni"])  # same elements
+    np.testing.assert_allclose(both.std["os"][0], np.hypot(bare.std["os"][0], 0.3), rtol=1e-5)
+    np.testing.assert_allclose(both.std["os"][1] ** 2, bare.std["os"][1] ** 2 + 0.36, rtol=1e-5)
+    np.testing.assert_allclose(both.values["os"], bare.values["os"], atol=1e-6)
 
 
 def test_chemical_shift_augmentation_moves_spectrum_and_state_together() -> None:

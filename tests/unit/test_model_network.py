@@ -115,3 +115,34 @@ def test_model_is_small(model: SPTInference) -> None:
     """The default architecture stays small (well under the 20 MB checkpoint budget)."""
     n = sum(p.numel() for p in model.parameters())
     assert 10_000 < n < 1_000_000
+
+
+def test_anchored_head_is_class_expectation_plus_residual() -> None:
+    """An anchored continuous head's mean = the classifier's (standardized) class expectation +
+    its own output; the classifier gets no gradient from the continuous head's loss; the anchor
+    survives a JSON round trip and an unknown or wrong-kind anchor is refused."""
+    schema = load_descriptor_schema().subset(["os", "os_cont", "cn"])
+    cfg = SPTConfig(heads=heads_from_schema(schema), anchors=(("os_cont", "os"),))
+    assert SPTConfig.from_json(cfg.to_json()).anchors == (("os_cont", "os"),)
+    torch.manual_seed(0)
+    net = SPTInference(cfg).net.train()
+    net.anchor_norm_os_cont.copy_(torch.tensor([3.0, 1.5]))
+    x = torch.rand(4, GRID_POINTS)
+    el = torch.tensor([6, 7, 5, 0])
+    out = net.eval()(x, el)
+    f = net.features(x, el)
+    own = net.heads["os_cont"](f)
+    expect = (out["os"].softmax(-1) * torch.arange(8.0)).sum(-1)
+    assert torch.allclose(out["os_cont"][:, 0], own[:, 0] + (expect - 3.0) / 1.5, atol=1e-5)
+    assert torch.equal(out["os_cont"][:, 1], own[:, 1])
+    net.zero_grad()
+    net(x, el)["os_cont"][:, 0].sum().backward()
+    cls_grad = [p.grad for p in net.heads["os"].parameters()]
+    assert all(g is None or not g.any() for g in cls_grad)
+    assert any(p.grad is not None and p.grad.any() for p in net.heads["os_cont"].parameters())
+    meta = SPTInference(cfg).to("meta").eval()  # still no host read in the forward
+    assert meta(torch.empty(2, GRID_POINTS, device="meta"), el[:2].to("meta"))[0].shape == (2, 3)
+    with pytest.raises(ValueError, match="not a discrete head"):
+        SPTConfig(heads=heads_from_schema(schema), anchors=(("os_cont", "cn2"),))
+    with pytest.raises(ValueError, match="not a continuous head"):
+        SPTConfig(heads=heads_from_schema(schema), anchors=(("os", "cn"),))

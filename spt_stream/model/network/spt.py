@@ -13,6 +13,15 @@ Layout::
                  x += FFN(LN x) ]
     LN -> features = [mean over tokens || max over tokens] (B, 2d)
     one MLP head per descriptor: logits (B, C) for discrete, (mean, log-variance) for continuous
+
+An **anchored** continuous head (``SPTConfig.anchors``: (continuous head, discrete head) pairs)
+predicts a residual: its mean is the discrete head's class expectation (softmax of the raw
+logits, detached, standardized with the continuous head's training loc/scale) plus its own
+output. The classifier gates what a small regression MLP cannot: a metal's edge sits where +2
+compounds' edges sit, and a head that must read edge shifts at the physical slope then reads
+metals ~0.3 high, while the classifier, which sees the metal's shape, reads 0.02
+(docs/MODEL.md). The classifier is trained only by its own cross-entropy (the anchor is
+detached).
 """
 
 from __future__ import annotations
@@ -70,6 +79,9 @@ class SPTConfig:
     d_head: int = 32
     dropout: float = 0.1
     elements: tuple[str, ...] = DEFAULT_ELEMENTS
+    #: (continuous head, discrete head) pairs: the continuous head's mean is the discrete head's
+    #: class expectation plus its own output (module doc).
+    anchors: tuple[tuple[str, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +89,13 @@ class SPTConfig:
             raise ValueError(f"n_points={self.n_points} must be a multiple of patch={self.patch}")
         if not self.heads:
             raise ValueError("an SPT model needs at least one head")
+        object.__setattr__(self, "anchors", tuple((str(c), str(d)) for c, d in self.anchors))
+        by_name = {h.name: h for h in self.heads}
+        for c, d in self.anchors:
+            if c not in by_name or by_name[c].discrete:
+                raise ValueError(f"anchor {c!r} is not a continuous head of this model")
+            if d not in by_name or not by_name[d].discrete:
+                raise ValueError(f"anchor {c!r} -> {d!r}: {d!r} is not a discrete head")
 
     @property
     def n_tokens(self) -> int:
@@ -107,6 +126,7 @@ class SPTConfig:
         for key in ("candidate_freqs", "kernel_sizes"):
             d[key] = tuple(int(v) for v in d[key])
         d["elements"] = tuple(d["elements"])
+        d["anchors"] = tuple((str(c), str(h)) for c, h in d.get("anchors", ()))
         return cls(**d)
 
 
@@ -161,6 +181,13 @@ class SPT(nn.Module):
                 for h in cfg.heads
             }
         )
+        by_name = {h.name: h for h in cfg.heads}
+        self._anchors = cfg.anchors
+        for c, disc in cfg.anchors:
+            values = torch.tensor(by_name[disc].class_values, dtype=torch.float32)
+            self.register_buffer(f"anchor_values_{c}", values)
+            # (loc, scale) of the continuous head's standardized target; set by the trainer
+            self.register_buffer(f"anchor_norm_{c}", torch.tensor([0.0, 1.0]))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Everything but the heads (frozen when fine-tuning with ``freeze_backbone``)."""
@@ -182,4 +209,11 @@ class SPT(nn.Module):
         out = {"features": f}
         for name, head in self.heads.items():
             out[name] = head(f)
+        for c, d in self._anchors:
+            values: Tensor = getattr(self, f"anchor_values_{c}")
+            norm: Tensor = getattr(self, f"anchor_norm_{c}")
+            p = out[d].detach().float().softmax(dim=-1)
+            expect = ((p * values).sum(dim=-1, keepdim=True) - norm[0]) / norm[1]
+            o = out[c]
+            out[c] = torch.cat([o[:, :1] + expect.to(o.dtype), o[:, 1:]], dim=1)
         return out
