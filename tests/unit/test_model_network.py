@@ -146,3 +146,23 @@ def test_anchored_head_is_class_expectation_plus_residual() -> None:
         SPTConfig(heads=heads_from_schema(schema), anchors=(("os_cont", "cn2"),))
     with pytest.raises(ValueError, match="not a continuous head"):
         SPTConfig(heads=heads_from_schema(schema), anchors=(("os", "cn"),))
+
+
+def test_gated_head_hands_the_lowest_class_to_the_classifier() -> None:
+    """anchor_kind "gate": mean = (1 - p_0) * own + p_0 * (lowest class value), standardized;
+    a wrong kind is refused."""
+    schema = load_descriptor_schema().subset(["os", "os_cont"])
+    cfg = SPTConfig(heads=heads_from_schema(schema), anchors=(("os_cont", "os"),),
+                    anchor_kind="gate")  # fmt: skip
+    assert SPTConfig.from_json(cfg.to_json()).anchor_kind == "gate"
+    torch.manual_seed(0)
+    net = SPTInference(cfg).net.eval()
+    net.anchor_norm_os_cont.copy_(torch.tensor([3.0, 1.5]))
+    x, el = torch.rand(4, GRID_POINTS), torch.tensor([6, 7, 5, 0])
+    out = net(x, el)
+    own = net.heads["os_cont"](net.features(x, el))
+    p0 = out["os"].softmax(-1)[:, 0]
+    expected = (1 - p0) * own[:, 0] + p0 * (0.0 - 3.0) / 1.5
+    assert torch.allclose(out["os_cont"][:, 0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="anchor_kind"):
+        SPTConfig(heads=heads_from_schema(schema), anchors=(("os_cont", "os"),), anchor_kind="x")

@@ -15,13 +15,18 @@ Layout::
     one MLP head per descriptor: logits (B, C) for discrete, (mean, log-variance) for continuous
 
 An **anchored** continuous head (``SPTConfig.anchors``: (continuous head, discrete head) pairs)
-predicts a residual: its mean is the discrete head's class expectation (softmax of the raw
-logits, detached, standardized with the continuous head's training loc/scale) plus its own
-output. The classifier gates what a small regression MLP cannot: a metal's edge sits where +2
-compounds' edges sit, and a head that must read edge shifts at the physical slope then reads
-metals ~0.3 high, while the classifier, which sees the metal's shape, reads 0.02
-(docs/MODEL.md). The classifier is trained only by its own cross-entropy (the anchor is
-detached).
+is combined with the discrete head's class probabilities (softmax of the raw logits, detached:
+the classifier is trained only by its own cross-entropy), in one of two ways
+(``SPTConfig.anchor_kind``):
+
+* ``"expectation"``: mean = the class expectation (standardized with the continuous head's
+  training loc/scale) + the head's own output, a residual;
+* ``"gate"``: mean = (1 - p_0) * own + p_0 * v_0, with p_0 the probability of the LOWEST class
+  (value v_0; for ``os`` the metal): the regression serves compounds, the classifier decides
+  whether the absorber is metallic. A metal's edge sits where +2 compounds' edges sit, and a
+  head that must read compounds' edge shifts at the physical slope reads metals ~0.3 high,
+  while the classifier, which sees the metal's shape, reads 0.02 (docs/MODEL.md); the
+  chemical-shift augmentation, likewise, moves compounds only.
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ class SPTConfig:
     #: (continuous head, discrete head) pairs: the continuous head's mean is the discrete head's
     #: class expectation plus its own output (module doc).
     anchors: tuple[tuple[str, str], ...] = ()
+    #: How an anchored head is combined with its classifier: "expectation" or "gate" (module doc).
+    anchor_kind: str = "expectation"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,6 +97,8 @@ class SPTConfig:
         if not self.heads:
             raise ValueError("an SPT model needs at least one head")
         object.__setattr__(self, "anchors", tuple((str(c), str(d)) for c, d in self.anchors))
+        if self.anchor_kind not in ("expectation", "gate"):
+            raise ValueError(f"anchor_kind {self.anchor_kind!r}: expected 'expectation' or 'gate'")
         by_name = {h.name: h for h in self.heads}
         for c, d in self.anchors:
             if c not in by_name or by_name[c].discrete:
@@ -183,6 +192,7 @@ class SPT(nn.Module):
         )
         by_name = {h.name: h for h in cfg.heads}
         self._anchors = cfg.anchors
+        self._gate = cfg.anchor_kind == "gate"
         for c, disc in cfg.anchors:
             values = torch.tensor(by_name[disc].class_values, dtype=torch.float32)
             self.register_buffer(f"anchor_values_{c}", values)
@@ -213,7 +223,13 @@ class SPT(nn.Module):
             values: Tensor = getattr(self, f"anchor_values_{c}")
             norm: Tensor = getattr(self, f"anchor_norm_{c}")
             p = out[d].detach().float().softmax(dim=-1)
-            expect = ((p * values).sum(dim=-1, keepdim=True) - norm[0]) / norm[1]
             o = out[c]
-            out[c] = torch.cat([o[:, :1] + expect.to(o.dtype), o[:, 1:]], dim=1)
+            if self._gate:
+                p0 = p[:, :1]
+                low = (values[0] - norm[0]) / norm[1]
+                mean = (1.0 - p0) * o[:, :1].float() + p0 * low
+            else:
+                expect = ((p * values).sum(dim=-1, keepdim=True) - norm[0]) / norm[1]
+                mean = o[:, :1].float() + expect
+            out[c] = torch.cat([mean.to(o.dtype), o[:, 1:]], dim=1)
         return out
