@@ -12,8 +12,10 @@ weights of the descriptor schema (default 1.0 each, overridable per config):
   ``(y - loc) / scale`` (loc/scale from the training split) under the predicted mean and
   log-variance, weighted by the detached predicted variance to the power 0.5 ("beta-NLL",
   Seitzer et al. 2022, which keeps the mean from being neglected), masked like the above. An
-  anchored head (``model: {anchors: [[os_cont, os]]}``, :mod:`spt_stream.model.network.spt`)
-  learns the residual on the classifier's class expectation under the same loss.
+  anchored head (``model: {anchors: [[os_cont, os]], anchor_kind: gate}``,
+  :mod:`spt_stream.model.network.spt`) is trained under the same loss through its combination
+  with the (detached) classifier probabilities. With ``init_from``, ``model`` overrides the
+  stored architecture's fields (weights whose shapes still fit are transferred).
 
 Augmentation (training batches only): energy shift (uniform, +-``shift_max_ev``, applied by
 linear interpolation on the grid, so mu(E) -> mu(E - dE)), amplitude jitter (edge-step error,

@@ -84,8 +84,8 @@ class SPTConfig:
     d_head: int = 32
     dropout: float = 0.1
     elements: tuple[str, ...] = DEFAULT_ELEMENTS
-    #: (continuous head, discrete head) pairs: the continuous head's mean is the discrete head's
-    #: class expectation plus its own output (module doc).
+    #: (continuous head, discrete head) pairs: the continuous head's mean is combined with the
+    #: discrete head's class probabilities as ``anchor_kind`` says (module doc).
     anchors: tuple[tuple[str, str], ...] = ()
     #: How an anchored head is combined with its classifier: "expectation" or "gate" (module doc).
     anchor_kind: str = "expectation"
